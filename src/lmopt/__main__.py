@@ -1,0 +1,5 @@
+"""`python -m lmopt` runs the CLI."""
+
+from lmopt.cli import main
+
+main()
