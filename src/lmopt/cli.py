@@ -107,7 +107,8 @@ def run_cmd(recipe: Path = typer.Argument(..., help="Recipe YAML."), registry: s
 
 
 @app.command("runs")
-def runs_cmd(kind: str | None = typer.Option(None, "--kind"), model: str | None = typer.Option(None, "--model"),
+def runs_cmd(kind: str | None = typer.Option(None, "--kind"),
+             model: str | None = typer.Option(None, "--model"),
              limit: int = typer.Option(20, "--limit"), registry: str | None = Registry) -> None:
     """List recent runs in the registry."""
     from lmopt.report import runs_table
@@ -137,8 +138,9 @@ def hw_cmd(model: str | None = typer.Option(None, "--model", help="Also show thi
         from lmopt.models import load_model
 
         loaded = load_model(model)
+        roofline = decode_roofline(loaded.model, hw.bandwidth_gbs)
         info["model"] = {"ref": model, "weight_bytes_per_token": weight_bytes_per_token(loaded.model),
-                         "decode_roofline_tokens_per_s": round(decode_roofline(loaded.model, hw.bandwidth_gbs), 1)}
+                         "decode_roofline_tokens_per_s": round(roofline, 1)}
     console().print(hardware_table(info))
     emit(info, json_out)
 

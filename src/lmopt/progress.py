@@ -6,24 +6,46 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+Advance = Callable[..., None]
+
+
+def _noop(n: int = 1, total: int | None = None) -> None:
+    return None
+
 
 @contextmanager
-def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-    """Yield `advance(n)`; shows a rich bar with elapsed time and ETA on stderr."""
+def progress_bar(description: str, total: int | None) -> Iterator[Advance]:
+    """Yield `advance(n=1, total=None)`; shows a rich bar with elapsed time and ETA on stderr.
+
+    `total` may be given late (on the first advance) when it is only known once work starts.
+    """
     if os.environ.get("LMOPT_QUIET") == "1":
-        yield lambda n=1: None
+        yield _noop
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
+    from rich.errors import LiveError
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn()]
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), console=Console(stderr=True))
     try:
-        with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
-            task = bar.add_task(description, total=total)
-            yield lambda n=1: bar.advance(task, n)
-    except Exception as exc:  # rich refuses a second live display: fall back to no bar
-        if "Only one live display" not in str(exc):
-            raise
-        yield lambda n=1: None
+        bar.start()
+    except LiveError:  # already inside another bar: stay quiet rather than fail
+        yield _noop
+        return
+    try:
+        task = bar.add_task(description, total=total)
+
+        def advance(n: int = 1, total: int | None = None) -> None:
+            bar.update(task, advance=n, **({"total": total} if total else {}))
+
+        yield advance
+    finally:
+        bar.stop()

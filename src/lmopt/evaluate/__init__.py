@@ -38,7 +38,7 @@ def run_task(loaded: Any, name: str, *, limit: int | None = None, seq_len: int =
             last = [0]
 
             def tick(done: int, total: int) -> None:
-                advance(done - last[0])
+                advance(done - last[0], total)
                 last[0] = done
 
             result = perplexity(model, tokenizer, text, seq_len=seq_len, limit=limit, progress=tick)

@@ -42,7 +42,8 @@ def _generate(model: Any, prompt: Any, new_tokens: int, pad_id: int) -> Any:
     import torch
 
     with torch.inference_mode():
-        return model.generate(input_ids=prompt.to(model.device), attention_mask=torch.ones_like(prompt).to(model.device),
+        prompt = prompt.to(model.device)
+        return model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
                               max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                               pad_token_id=pad_id)
 

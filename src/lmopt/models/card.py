@@ -31,7 +31,7 @@ class ModelCard(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
     """The step's config, as saved (reproducibility)."""
     format: str = "hf"
-    """`hf` loads with plain transformers; other formats are loaded by the lmopt module registered for them."""
+    """`hf` loads with plain transformers; other formats load through the module registered for them."""
     format_info: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     created: float = Field(default_factory=time.time)

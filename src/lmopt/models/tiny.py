@@ -27,6 +27,7 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 def tiny_tokenizer(vocab_size: int = 512) -> Any:
     """A byte-level BPE tokenizer with `vocab_size` entries, trained on Python's docs."""
     from pydoc_data.topics import topics
+
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

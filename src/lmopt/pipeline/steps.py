@@ -92,8 +92,8 @@ def register_step(name: str, config: type[Config]) -> Callable:
     """Decorator: register `run(ctx, config) -> StepResult` as step `name` with its config class."""
 
     def wrap(func: Callable[[StepContext, Any], StepResult]) -> Callable:
-        STEPS[name] = StepSpec(name, config, func, (func.__doc__ or "").strip().splitlines()[0:1][0]
-                               if func.__doc__ else "")
+        doc = (func.__doc__ or "").strip().splitlines()
+        STEPS[name] = StepSpec(name, config, func, doc[0] if doc else "")
         return func
 
     return wrap
@@ -114,7 +114,10 @@ def get_step(name: str) -> StepSpec:
 
 
 def _available(name: str) -> bool:
-    return importlib.util.find_spec(STEP_MODULES[name]) is not None
+    try:
+        return importlib.util.find_spec(STEP_MODULES[name]) is not None
+    except ModuleNotFoundError:  # its parent package does not exist yet
+        return False
 
 
 def available_steps() -> list[str]:
