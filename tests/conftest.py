@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("LMOPT_QUIET", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the default test run never downloads
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"

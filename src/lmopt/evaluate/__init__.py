@@ -24,6 +24,22 @@ def is_perplexity_task(name: str) -> bool:
     return not name.startswith("mc:") and name not in MC_TASKS
 
 
+def check_task(name: str) -> None:
+    """Fail fast (before loading a model) on a task name that cannot run."""
+    from lmopt.data.text import TEXT_SOURCES
+    from lmopt.errors import LmoptError
+
+    path = Path(name[3:] if name.startswith("mc:") else name).expanduser()
+    if name in MC_TASKS or name in TEXT_SOURCES or name == "wikitext":
+        return
+    if path.suffix in (".txt", ".jsonl", ".raw", ".md") or name.startswith("mc:"):
+        if not path.exists():
+            raise LmoptError(f"{path}: file not found (task '{name}')")
+        return
+    raise LmoptError(f"unknown task '{name}' (choose {', '.join(MC_TASKS)}, pydoc, wikitext2, "
+                     "a .txt/.jsonl file for perplexity, or mc:PATH)")
+
+
 def run_task(loaded: Any, name: str, *, limit: int | None = None, seq_len: int = 2048,
              data_dir: str | Path | None = None, batch_size: int = 8) -> dict[str, Any]:
     """Metrics of one task on a loaded model (with a progress bar)."""
@@ -66,6 +82,8 @@ def evaluate_model(ref: str | Path, tasks: list[str], *, limit: int | None = Non
     from lmopt.hardware import apply_threads
     from lmopt.models import load_model
 
+    for task in tasks:
+        check_task(task)
     apply_threads()
     loaded = load_model(ref, dtype=dtype)
     results = evaluate(loaded, tasks, limit=limit, seq_len=seq_len, data_dir=data_dir, batch_size=batch_size)

@@ -87,6 +87,9 @@ def resolve_dtype(dtype: str | Any | None) -> Any:
 
 def load_model(ref: str | Path, dtype: str | Any = "auto", device: str | None = None) -> LoadedModel:
     """Load a causal LM and its tokenizer from any reference (see the module docstring)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress bars, and one-line errors on stderr
     torch_dtype = resolve_dtype(dtype)
     where = resolve(ref)
     if isinstance(where, str):

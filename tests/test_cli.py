@@ -1,0 +1,47 @@
+"""The CLI: real runs on a tiny model, JSON shape, and one-line errors with exit status 2."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def lmopt(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "lmopt", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_eval_writes_the_documented_json(tiny_dir, tmp_path):
+    out = tmp_path / "r.json"
+    res = lmopt("eval", tiny_dir, "--task", "pydoc", "--limit", "2", "--seq-len", "32", "--dtype", "float32",
+                "--json", out, "--registry", f"sqlite:///{tmp_path / 'r.db'}")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(out.read_text())
+    assert data["model"] == str(tiny_dir)
+    assert set(data["tasks"]["pydoc"]) >= {"perplexity", "tokens", "seq_len"}
+    assert data["tasks"]["pydoc"]["seq_len"] == 32
+    runs = lmopt("runs", "--registry", f"sqlite:///{tmp_path / 'r.db'}")
+    assert runs.returncode == 0 and "pydoc" in runs.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval", "/no/such/model"], "no such model"),
+    (["eval", "{tiny}", "--task", "nosuchtask"], "unknown task 'nosuchtask'"),
+    (["run", "/no/recipe.yaml"], "recipe file not found"),
+    (["eval", "{tiny}", "--task", "/no/file.jsonl"], "file not found"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, tiny_dir):
+    res = lmopt(*[a.format(tiny=tiny_dir) for a in args])
+    assert res.returncode == 2
+    assert message in res.stderr and "Traceback" not in res.stderr
+    assert res.stderr.strip().count("\n") == 0
+
+
+def test_hw_reports_bandwidth(tmp_path):
+    out = tmp_path / "hw.json"
+    res = lmopt("hw", "--json", out)
+    assert res.returncode == 0, res.stderr
+    info = json.loads(out.read_text())
+    assert info["bandwidth_gbs"] > 0 and info["dtype"] in ("float32", "bfloat16", "float16")

@@ -1,0 +1,73 @@
+"""Loading and saving: references resolve, artifacts are atomic and load with plain transformers."""
+
+import json
+
+import pytest
+import torch
+
+from lmopt.errors import LmoptError
+from lmopt.models import ModelCard, atomic_directory, load_model, save_model
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_saved_model_loads_with_plain_transformers(tiny, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = save_model(tiny.model, tiny.tokenizer, tmp_path / "m", ModelCard(step="test", metrics={"x": 1}))
+    ids = torch.tensor([[1, 5, 9, 30]])
+    plain = AutoModelForCausalLM.from_pretrained(out)
+    ours = load_model(out, dtype="float32")
+    assert torch.allclose(logits(plain, ids), logits(tiny.model, ids), atol=1e-5)
+    assert torch.allclose(logits(ours.model, ids), logits(tiny.model, ids), atol=1e-5)
+    card = json.loads((out / "lmopt.json").read_text())
+    assert card["step"] == "test" and card["metrics"] == {"x": 1}
+    assert ours.card.step == "test" and ours.hash == ours.hash and len(ours.hash) == 16
+    assert ours.tokenizer.chat_template
+
+
+def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "artifact"
+
+    def broken(tmp):
+        (tmp / "half.bin").write_bytes(b"x")
+        raise RuntimeError("crash mid-write")
+
+    with pytest.raises(RuntimeError):
+        atomic_directory(target, broken)
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_atomic_directory_replaces_an_existing_artifact(tmp_path):
+    target = tmp_path / "a"
+    atomic_directory(target, lambda t: (t / "v").write_text("1"))
+    atomic_directory(target, lambda t: (t / "v").write_text("2"))
+    assert (target / "v").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_bad_references_give_clear_errors(tmp_path):
+    with pytest.raises(LmoptError, match="no such model"):
+        load_model(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LmoptError, match="no config.json"):
+        load_model(tmp_path / "empty")
+    with pytest.raises(LmoptError, match="GGUF file not found"):
+        load_model(str(tmp_path / "x.gguf"))
+    with pytest.raises(LmoptError, match="unknown dtype"):
+        load_model(tmp_path / "empty", dtype="int3")
+
+
+def test_hub_id_fails_clearly_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(LmoptError, match="Hugging Face Hub"):
+        load_model("lmopt-tests/no-such-model-anywhere")
+
+
+def test_corrupt_gguf_is_named(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf at all" * 100)
+    with pytest.raises(LmoptError, match="bad.gguf"):
+        load_model(bad)
