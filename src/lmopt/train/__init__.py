@@ -1,0 +1,34 @@
+"""Training: fine-tuning (full or LoRA; raw text or chat) and distillation, on one accelerate loop.
+
+    from lmopt.train import TrainConfig, finetune
+    result = finetune(load_model("smollm2-135m-instruct"), "corpus.txt", TrainConfig(method="lora"))
+
+Files: `config.py` (TrainConfig, DistillConfig), `data.py` (reading rows), `examples.py` (packing,
+response-only labels), `losses.py` (CE and divergences, pure math), `optim.py` (AdamW groups, schedules,
+dropout), `lora.py` (peft), `loop.py` (the accelerate loop), `checkpoint.py` (resume), `callbacks.py`
+(hooks), `finetune.py` and `distill.py` (the verbs), `students.py` (students cut from a teacher),
+`step.py` (recipe steps), `cli.py` (`lmopt train`, `lmopt distill`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmopt.train.config import DistillConfig, DistillStepConfig, TrainConfig
+
+__all__ = ["DistillConfig", "DistillStepConfig", "TrainConfig", "TrainResult", "distill", "finetune",
+           "student_from_teacher"]
+
+_LAZY = {"finetune": "lmopt.train.finetune", "TrainResult": "lmopt.train.finetune",
+         "distill": "lmopt.train.distill", "student_from_teacher": "lmopt.train.students"}
+
+
+def __getattr__(name: str) -> Any:  # heavy modules load on first use, keeping `import lmopt` instant
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        # importing lmopt.train.finetune bound the *module* to this name; the function wins
+        globals()[name] = value
+        return value
+    raise AttributeError(name)

@@ -1,0 +1,141 @@
+"""Typed configs of the training verbs: `TrainConfig` (finetune) and `DistillConfig` (distill).
+
+Both validate themselves, reject unknown fields and round-trip to YAML (see `lmopt.configs.Config`).
+Importing this module is instant (no torch): the CLI and recipe validation use it up front.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from lmopt.configs import Config
+
+DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class TrainConfig(Config):
+    """How to fine-tune: data handling, method (full or LoRA), optimizer, regularization, checkpoints."""
+
+    version: int = 1
+    # --- data ---
+    format: Literal["auto", "text", "chat"] = "auto"
+    """`text`: raw text packed into `seq_len` blocks (continued pre-training); `chat`: prompt/response
+    rows rendered with the model's chat template, loss on the response tokens only; `auto` guesses from
+    the rows (a `text` field or a .txt file -> text)."""
+    seq_len: int = Field(default=512, ge=8)
+    """Tokens per packed block (text) or the truncation length of a conversation (chat)."""
+    val_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)
+    """Share of documents / conversations held out for validation (chosen by `seed`), when no
+    separate validation data is given."""
+    max_val_batches: int | None = Field(default=None, ge=1)
+    """Cap on validation batches per evaluation (None = the whole split)."""
+    response_only: bool = True
+    """Chat data: compute the loss only on the assistant tokens (and their end-of-turn token)."""
+    # --- method ---
+    method: Literal["full", "lora"] = "full"
+    """`full`: every weight trains; `lora`: low-rank adapters (peft), merged into the weights on save."""
+    lora_r: int = Field(default=8, ge=1)
+    lora_alpha: float = Field(default=16.0, gt=0)
+    lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    lora_targets: list[str] = Field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    """Module names (suffixes) that get adapters."""
+    merge_lora: bool = True
+    """Merge the adapters into the base weights in the returned/saved model (a plain HF model)."""
+    # --- schedule ---
+    epochs: float = Field(default=1.0, gt=0)
+    """Passes over the training data (fractions allowed); ignored when `max_steps` is set."""
+    max_steps: int | None = Field(default=None, ge=1)
+    """Optimizer steps to run (overrides `epochs`)."""
+    max_minutes: float | None = Field(default=None, gt=0)
+    """Wall-clock budget of the training loop (evaluations and checkpoints included)."""
+    batch_size: int = Field(default=4, ge=1)
+    """Sequences per micro-batch (per process under `accelerate launch`)."""
+    grad_accum: int = Field(default=1, ge=1)
+    """Micro-batches per optimizer step."""
+    lr: float = Field(default=5e-5, gt=0)
+    """Peak learning rate (LoRA usually wants ~10x the full fine-tuning rate)."""
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warmup (to 0 at the last step for cosine/linear)."""
+    warmup_steps: int = Field(default=0, ge=0)
+    warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Warmup as a share of the steps (used when `warmup_steps` is 0)."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    # --- regularization ---
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    """AdamW decoupled decay; never applied to norms, biases or embeddings."""
+    dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
+    """Set attention/hidden dropout where the architecture has it (None = keep the model's)."""
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    """Gradient clipping by global norm (None = off)."""
+    # --- evaluation, early stopping, checkpoints ---
+    eval_every: int | None = Field(default=None, ge=1)
+    """Validate every N optimizer steps (None = only at the end)."""
+    eval_before: bool = False
+    """Also validate before the first step (the 'before' figure; the untrained weights can win 'best')."""
+    early_stopping_patience: int | None = Field(default=None, ge=1)
+    """Stop after this many evaluations without a validation-loss improvement."""
+    early_stopping_min_delta: float = Field(default=0.0, ge=0.0)
+    load_best: bool = True
+    """End with the weights of the best validation loss (not the last step)."""
+    save_every: int | None = Field(default=None, ge=1)
+    """Checkpoint every N optimizer steps into the run dir (needs a run dir)."""
+    keep_checkpoints: int = Field(default=1, ge=1)
+    resume: bool = True
+    """Continue from the newest checkpoint in the run dir when there is one."""
+    # --- misc ---
+    mixed_precision: Literal["no", "bf16"] = "no"
+    """`bf16`: autocast the forward pass to bfloat16 (master weights stay float32)."""
+    seed: int = 0
+    log_every: int = Field(default=10, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.early_stopping_patience is not None and self.eval_every is None:
+            raise ValueError("early_stopping_patience needs eval_every")
+        return self
+
+
+class DistillConfig(TrainConfig):
+    """Teacher -> student distillation: a training config plus the distillation loss settings."""
+
+    format: Literal["auto", "text", "chat"] = "text"
+    lr: float = Field(default=2e-4, gt=0)
+    loss: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    """Divergence between teacher and student next-token distributions."""
+    temperature: float = Field(default=2.0, gt=0)
+    """Both distributions are softened by T; the loss is scaled by T^2 (Hinton et al.)."""
+    alpha: float = Field(default=0.5, ge=0.0, le=1.0)
+    """Weight of the plain cross-entropy: loss = alpha * CE + (1 - alpha) * T^2 * divergence."""
+    jsd_beta: float = Field(default=0.5, gt=0.0, lt=1.0)
+    """Generalized JSD mixture weight: M = beta * P_teacher + (1 - beta) * P_student."""
+    hidden_weight: float = Field(default=0.0, ge=0.0)
+    """Weight of hidden-state matching (MSE of the student layers, through a learned projection when
+    widths differ, against evenly mapped teacher layers); 0 = off."""
+    teacher_topk: int | None = Field(default=None, ge=1)
+    """Cache the teacher's top-k logits to disk once and reuse them every epoch (None = run the teacher
+    on the fly). The divergence is then computed over those k tokens, both distributions renormalized."""
+
+
+class DistillStepConfig(DistillConfig):
+    """The `distill` recipe step / CLI: a distillation config plus where the student comes from.
+
+    The recipe's current model is the teacher. The student is `student` (any model sharing the
+    teacher's tokenizer) or, when that is None, the teacher cut to `student_layers` layers.
+    """
+
+    student: str | None = None
+    """A model reference for the student (alias, directory, .gguf, hub id)."""
+    student_layers: int | None = Field(default=None, ge=1)
+    """Build the student from the teacher by keeping this many of its layers."""
+    layer_selection: Literal["uniform", "block_influence"] = "uniform"
+    """`uniform`: every k-th layer (first and last kept); `block_influence`: the layers that change
+    their input most (1 - cosine of input and output hidden states, ShortGPT) on the training data."""
+
+    @model_validator(mode="after")
+    def _need_student(self) -> DistillStepConfig:
+        if (self.student is None) == (self.student_layers is None):
+            raise ValueError("give exactly one of student and student_layers")
+        return self
