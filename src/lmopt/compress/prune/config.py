@@ -1,0 +1,141 @@
+"""Typed configs of the pruning methods (no torch import: reading a recipe stays instant).
+
+`prune(model, WandaConfig(sparsity=0.5))`, `prune(model, StructuredConfig(mlp=0.25, heads=0.25,
+layers=4))`. The recipe step `prune` takes one flat map with a `method` key (`PruneStepConfig`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from lmopt.compress.calibration import CalibrationConfig
+from lmopt.configs import Config
+
+
+def _default_calibration() -> CalibrationConfig:
+    # 64 x 512 tokens: a quarter of the papers' 128 x 2048, because calibration runs on a 2-core CPU.
+    return CalibrationConfig(n_samples=64, seq_len=512)
+
+
+class _SparsityFields(Config):
+    sparsity: float = Field(default=0.5, ge=0.0, lt=1.0)
+    """Fraction of each pruned Linear's weights set to zero (ignored when `pattern` is set)."""
+    pattern: str | None = None
+    """N:M semi-structured pattern, e.g. "2:4" (keep 2 of every 4 consecutive input weights)."""
+    skip: list[str] = Field(default_factory=list)
+    """Linear names (substrings, e.g. "down_proj") left dense. Embeddings and lm_head are never pruned."""
+    version: int = 1
+
+    @field_validator("pattern")
+    @classmethod
+    def _check_pattern(cls, value: str | None) -> str | None:
+        from lmopt.compress.prune.math import parse_pattern
+
+        parse_pattern(value)  # ValueError -> a validation error naming the field
+        return value
+
+    def target_sparsity(self) -> float:
+        from lmopt.compress.prune.math import parse_pattern
+
+        nm = parse_pattern(self.pattern)
+        return 1 - nm[0] / nm[1] if nm else self.sparsity
+
+
+class MagnitudeConfig(_SparsityFields):
+    """Remove the smallest |W| of every Linear in the decoder layers (no calibration data)."""
+
+    method: Literal["magnitude"] = "magnitude"
+
+
+class WandaConfig(_SparsityFields):
+    """Wanda: remove the lowest |W_ij| * ||X_j|| in every output row, X from calibration text."""
+
+    method: Literal["wanda"] = "wanda"
+    calibration: CalibrationConfig = Field(default_factory=_default_calibration)
+    """Calibration text and amount (sequential, layer by layer, shared with quantization)."""
+
+
+class SparseGPTConfig(_SparsityFields):
+    """SparseGPT: second-order mask choice and an OBS update of the remaining weights, layer by layer."""
+
+    method: Literal["sparsegpt"] = "sparsegpt"
+    calibration: CalibrationConfig = Field(default_factory=_default_calibration)
+    """Calibration text and amount (sequential, layer by layer, shared with quantization)."""
+    blocksize: int = Field(default=128, ge=1)
+    """Columns per lazy-update block; an unstructured mask is chosen per block (the paper's 128)."""
+    damp: float = Field(default=0.01, gt=0.0)
+    """Ridge added to the Hessian diagonal, as a fraction of its mean."""
+
+
+class StructuredConfig(Config):
+    """Remove MLP channels, attention heads and whole decoder layers; the model really shrinks."""
+
+    method: Literal["structured"] = "structured"
+    mlp: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Fraction of MLP intermediate channels removed, the same count in every layer."""
+    heads: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Fraction of attention query heads removed, rounded to what grouped-query attention allows."""
+    head_mode: Literal["query", "group"] = "query"
+    """`query`: drop query heads inside every KV group (K/V kept); `group`: drop whole KV groups."""
+    layers: int = Field(default=0, ge=0)
+    """Whole decoder layers removed, those with the lowest block influence on calibration data."""
+    importance: Literal["activation", "taylor"] = "activation"
+    """Channel/head importance: output energy from calibration activations, or first-order Taylor
+    |w * dL/dw| from LM-loss gradients on the calibration windows."""
+    refit: bool = True
+    """Least-squares refit of down_proj / o_proj on the kept inputs to reproduce the dense outputs."""
+    round_to: int = Field(default=8, ge=1)
+    """Kept MLP width is rounded to a multiple of this (vector-friendly shapes)."""
+    calibration: CalibrationConfig = Field(
+        default_factory=lambda: CalibrationConfig(n_samples=32, seq_len=512))
+    """Calibration text and amount for importances, block influence and the refit."""
+    version: int = 1
+
+
+METHOD_CONFIGS: dict[str, type[Config]] = {
+    "magnitude": MagnitudeConfig, "wanda": WandaConfig, "sparsegpt": SparseGPTConfig,
+    "structured": StructuredConfig,
+}
+PruneMethodConfig = MagnitudeConfig | WandaConfig | SparseGPTConfig | StructuredConfig
+
+
+class PruneStepConfig(Config):
+    """The `prune` recipe step: `method` plus that method's own fields, e.g.
+    `{method: sparsegpt, sparsity: 0.5, pattern: "2:4"}` or `{method: structured, mlp: 0.25, layers: 4}`.
+    """
+
+    method: Literal["magnitude", "wanda", "sparsegpt", "structured"] = "wanda"
+    """Which pruning method; its config class documents the other fields."""
+    sparsity: float | None = None
+    pattern: str | None = None
+    skip: list[str] | None = None
+    calibration: CalibrationConfig | None = None
+    blocksize: int | None = None
+    damp: float | None = None
+    mlp: float | None = None
+    heads: float | None = None
+    head_mode: Literal["query", "group"] | None = None
+    layers: int | None = None
+    importance: Literal["activation", "taylor"] | None = None
+    refit: bool | None = None
+    round_to: int | None = None
+
+    @model_validator(mode="after")
+    def _check_fields(self) -> PruneStepConfig:
+        self.method_config()
+        return self
+
+    def method_config(self) -> PruneMethodConfig:
+        """The typed config of `method` built from the fields that were set."""
+        fields = {k: v for k, v in self.model_dump(exclude_none=True).items() if k != "method"}
+        cls = METHOD_CONFIGS[self.method]
+        try:
+            return cls.model_validate(fields)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"])
+            extra = err["type"] == "extra_forbidden"
+            reason = f"not a field of method '{self.method}'" if extra else err["msg"]
+            raise ValueError(f"{loc}: {reason}") from None
