@@ -32,8 +32,7 @@ def chat_answer(loaded: Any, prompt: str = PROMPT, max_new_tokens: int = 96) -> 
 def run_demo(out_dir: Path = Path("reports")) -> dict[str, Any]:
     from rich.console import Console
 
-    from lmopt.data import pydoc_text
-    from lmopt.evaluate import perplexity
+    from lmopt.evaluate import run_task
     from lmopt.evaluate.speed import benchmark_speed
     from lmopt.hardware import apply_threads, detect_hardware, measure_bandwidth
     from lmopt.io import atomic_write_text, write_json
@@ -49,7 +48,7 @@ def run_demo(out_dir: Path = Path("reports")) -> dict[str, Any]:
     console.print(f"loading {EMBEDDED_ALIAS} (first run converts the GGUF once, ~30 s)")
     loaded = load_model(EMBEDDED_ALIAS)
     console.print(f"perplexity on held-out Python docs (seq_len 2048, dtype {hw.dtype})")
-    ppl = perplexity(loaded.model, loaded.tokenizer, pydoc_text("eval"), seq_len=2048)
+    ppl = run_task(loaded, "pydoc", seq_len=2048)  # the held-out split of Python's docs
     answer = chat_answer(loaded)
     console.print(f"[bold]user:[/] {PROMPT}\n[bold]assistant:[/] {answer}")
     speed = benchmark_speed(loaded.model, loaded.tokenizer, path=loaded.path, bandwidth_gbs=hw.bandwidth_gbs)
