@@ -1,0 +1,59 @@
+"""Typed settings of the serving engine and of the HTTP server (documented where declared).
+
+No torch here: the CLI builds these before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from lmopt.configs import Config
+
+
+class EngineConfig(Config):
+    """How the continuous-batching engine uses memory and splits work into iterations."""
+
+    version: int = 1
+    max_batch: int = Field(default=32, ge=1)
+    """Most requests in the running batch at once (= KV cache slots, if memory allows)."""
+    max_model_len: int = Field(default=2048, ge=2)
+    """Most tokens (prompt + output) of one request; each slot reserves this many."""
+    kv_cache_mb: float = Field(default=1024.0, gt=0)
+    """Memory limit of the KV cache; fewer slots than max_batch are made when it is too small."""
+    max_step_tokens: int = Field(default=256, ge=1)
+    """Token budget of one iteration: one per decoding request, the rest for prefill chunks."""
+    prefill_chunk: int = Field(default=256, ge=1)
+    """Most prompt tokens of one request processed in one iteration (chunked prefill)."""
+    max_queue: int = Field(default=256, ge=0)
+    """Requests waiting for a slot beyond which new ones are refused (HTTP 429)."""
+    threads: int | None = Field(default=None, ge=1)
+    """torch intra-op threads (default: physical cores)."""
+
+    @model_validator(mode="after")
+    def _budget_covers_batch(self) -> EngineConfig:
+        if self.max_step_tokens < self.max_batch:
+            raise ValueError(f"max_step_tokens ({self.max_step_tokens}) must be at least max_batch "
+                             f"({self.max_batch}) so every running request decodes each iteration")
+        return self
+
+
+class ServerConfig(Config):
+    """The OpenAI-compatible HTTP front: where it listens and what it accepts."""
+
+    version: int = 1
+    host: str = "127.0.0.1"
+    """Loopback by default; bind 0.0.0.0 deliberately, with an API key."""
+    port: int = Field(default=8000, ge=0, le=65535)
+    """TCP port (0 = pick a free one)."""
+    api_key: str | None = None
+    """When set, requests must send `Authorization: Bearer <key>`."""
+    model_name: str | None = None
+    """The id reported by /v1/models and accepted in `model` (default: the model reference)."""
+    max_prompt_tokens: int | None = Field(default=None, ge=1)
+    """Longest prompt accepted (default: the engine's max_model_len - 1)."""
+    max_tokens: int = Field(default=1024, ge=1)
+    """Most output tokens one request may ask for."""
+    default_max_tokens: int = Field(default=256, ge=1)
+    """Output tokens when a request does not say (capped by max_tokens and the context)."""
+    drain_timeout_s: float = Field(default=30.0, ge=0)
+    """On shutdown, how long in-flight requests may take to finish."""

@@ -1,0 +1,159 @@
+"""Drives a Hugging Face llama-family model layer by layer over the engine's flat token batch.
+
+The engine does not call the model's `forward`: HF's forward wants a rectangular (batch, seq)
+input, one position per column and a cache object per layer, while an iteration of continuous
+batching holds decode tokens of many sequences at different positions plus prefill chunks. So the
+runner calls the model's own submodules (embedding, each layer's norms, q/k/v/o projections and MLP,
+final norm, lm_head) on a flat (N, hidden) batch, and does attention itself over the KV cache
+(`attention.py`). Calling the submodules means any module swapped in by quantization or pruning
+(a quantized linear, a smaller MLP) runs unchanged, with its own fast kernel.
+
+Supported: the llama family's layer layout (llama, mistral without sliding window, qwen2, qwen3
+with its q/k norms). Parity with `transformers.generate` is checked by tests/serve.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lmopt.errors import LmoptError
+from lmopt.serve.attention import apply_rotary, decode_attention, prefill_attention
+from lmopt.serve.kv_cache import KVCache, bytes_per_token
+
+SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+@dataclass
+class Segment:
+    """A prefill chunk: `length` tokens at flat offset `offset`, for `slot`, after `start` cached ones."""
+
+    offset: int
+    length: int
+    slot: int
+    start: int
+
+
+@dataclass
+class StepInputs:
+    """One iteration's tokens, flattened: decode tokens first (one per sequence), then prefill chunks."""
+
+    tokens: list[int]
+    positions: list[int]
+    slots: list[int]
+    num_decode: int
+    segments: list[Segment] = field(default_factory=list)
+    logit_rows: list[int] = field(default_factory=list)
+    """Flat indices whose next-token distribution is needed (decode rows, last token of a prompt)."""
+
+
+def check_supported(model: Any) -> None:
+    """Raise LmoptError unless the model has the llama-family layer layout the runner drives."""
+    config = model.config
+    kind = getattr(config, "model_type", "?")
+    if kind not in SUPPORTED_TYPES:
+        raise LmoptError(f"model type '{kind}' is not supported by the lmopt engine "
+                         f"(supported: {', '.join(SUPPORTED_TYPES)}); try --engine vllm")
+    window = getattr(config, "sliding_window", None)
+    if window and getattr(config, "use_sliding_window", kind == "mistral"):
+        raise LmoptError(f"model type '{kind}' with sliding-window attention is not supported by the "
+                         "lmopt engine; try --engine vllm")
+
+
+class ModelRunner:
+    """Owns no weights: a view on the model's submodules plus the shapes the KV cache needs."""
+
+    def __init__(self, model: Any) -> None:
+        check_supported(model)
+        self.model = model
+        base = getattr(model, model.base_model_prefix)
+        self.embed, self.layers, self.norm = base.embed_tokens, base.layers, base.norm
+        self.rotary, self.lm_head = base.rotary_emb, model.lm_head
+        config = model.config
+        self.num_heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.scale = self.layers[0].self_attn.scaling
+        self.dtype = self.embed.weight.dtype
+        self.device = self.embed.weight.device
+        self.max_positions = getattr(config, "max_position_embeddings", None)
+
+    def token_bytes(self) -> int:
+        return bytes_per_token(len(self.layers), self.kv_heads, self.head_dim, self.dtype)
+
+    def new_cache(self, num_slots: int, max_len: int) -> KVCache:
+        return KVCache(len(self.layers), num_slots, self.kv_heads, max_len, self.head_dim, self.dtype,
+                       self.device)
+
+    @torch.inference_mode()
+    def forward(self, inp: StepInputs, cache: KVCache) -> torch.Tensor:
+        """Run one iteration; returns float32 logits (len(logit_rows), vocab)."""
+        dev = self.device
+        tokens = torch.tensor(inp.tokens, dtype=torch.long, device=dev)
+        positions = torch.tensor(inp.positions, dtype=torch.long, device=dev)
+        slots = torch.tensor(inp.slots, dtype=torch.long, device=dev)
+        x = self.embed(tokens)  # (N, hidden)
+        cos, sin = self.rotary(x, positions[None])  # (1, N, D) each
+        rope = (cos[0], sin[0])
+        ctx = _DecodeContext.build(inp, positions, slots)
+        for i, layer in enumerate(self.layers):
+            h = layer.input_layernorm(x)
+            x = x + self._attention(i, layer.self_attn, h, rope, inp, ctx, cache)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        rows = torch.tensor(inp.logit_rows, dtype=torch.long, device=dev)
+        return self.lm_head(self.norm(x.index_select(0, rows))).float()
+
+    def _attention(self, layer_idx: int, attn: Any, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                   inp: StepInputs, ctx: _DecodeContext, cache: KVCache) -> torch.Tensor:
+        n, d = h.shape[0], self.head_dim
+        q = attn.q_proj(h).view(n, -1, d)  # (N, H, D)
+        k = attn.k_proj(h).view(n, -1, d)  # (N, KVH, D)
+        v = attn.v_proj(h).view(n, -1, d)
+        if hasattr(attn, "q_norm"):  # qwen3 normalizes q and k per head before the rotation
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        cache.write(layer_idx, ctx.slots, ctx.positions, k, v)
+        kc, vc = cache.k[layer_idx], cache.v[layer_idx]
+        out = torch.empty_like(q)
+        b = inp.num_decode
+        if b:
+            kd, vd = ctx.decode_kv(kc, vc)
+            out[:b] = decode_attention(q[:b], kd, vd, ctx.lengths, self.scale)
+        for seg in inp.segments:
+            end = seg.start + seg.length
+            rows = slice(seg.offset, seg.offset + seg.length)
+            out[rows] = prefill_attention(q[rows], kc[seg.slot, :, :end], vc[seg.slot, :, :end],
+                                          seg.start, self.scale)
+        return attn.o_proj(out.view(n, -1))
+
+
+@dataclass
+class _DecodeContext:
+    """Per-iteration tensors shared by every layer: where tokens go and what decode rows read."""
+
+    positions: torch.Tensor
+    slots: torch.Tensor
+    lengths: torch.Tensor | None
+    decode_slots: torch.Tensor | None
+    span: int
+    contiguous: bool
+
+    @classmethod
+    def build(cls, inp: StepInputs, positions: torch.Tensor, slots: torch.Tensor) -> _DecodeContext:
+        b = inp.num_decode
+        if not b:
+            return cls(positions, slots, None, None, 0, True)
+        lengths = positions[:b] + 1
+        # Compact slots usually put decode rows at 0..b-1: then K/V is a view, not a gather copy.
+        contiguous = inp.slots[:b] == list(range(b))
+        return cls(positions, slots, lengths, slots[:b], int(max(inp.positions[:b])) + 1, contiguous)
+
+    def decode_kv(self, kc: torch.Tensor, vc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, KVH, span, D) views (or gathers) of the decode rows' cache."""
+        b = self.decode_slots.shape[0]
+        if self.contiguous:
+            return kc[:b, :, :self.span], vc[:b, :, :self.span]
+        return (kc[:, :, :self.span].index_select(0, self.decode_slots),
+                vc[:, :, :self.span].index_select(0, self.decode_slots))
