@@ -94,13 +94,17 @@ class SearchSpace(Config):
     """Dotted config field -> distribution."""
 
     params: dict[str, Param] = Field(default_factory=dict)
+    source: str | None = None
+    """The file the space was read from (named in errors)."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "space") -> SearchSpace:
         if not isinstance(data, dict) or not data:
             raise LmoptError(f"{where}: a search space is a non-empty map of field -> distribution")
-        body = data["params"] if set(data) == {"params"} else data
-        return cls.parse({"params": {k: _normalize(v) for k, v in body.items()}}, where=where)
+        source = data.get("source") if set(data) <= {"params", "source"} else None
+        body = data["params"] if set(data) <= {"params", "source"} else data
+        params = {k: _normalize(v) for k, v in body.items()}
+        return cls.parse({"params": params, "source": source or None}, where=where)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SearchSpace:
@@ -111,7 +115,9 @@ class SearchSpace(Config):
             raise LmoptError(f"{path}: search space file not found") from None
         except yaml.YAMLError as exc:
             raise LmoptError(f"{path}: invalid YAML: {exc}") from None
-        return cls.from_dict(data, where=str(path))
+        space = cls.from_dict(data, where=str(path))
+        space.source = str(path)
+        return space
 
     def sample(self, trial: Any) -> dict[str, Any]:
         """Draw every parameter from an Optuna trial: {dotted name: value}."""
@@ -126,8 +132,9 @@ class SearchSpace(Config):
                 found[name] = value
         return found
 
-    def check(self, config_cls: type[Config], base: dict[str, Any], where: str = "space") -> None:
+    def check(self, config_cls: type[Config], base: dict[str, Any], where: str | None = None) -> None:
         """Raise LmoptError naming the field when a value of the space does not fit the config."""
+        where = where or self.source or "space"
         for name, param in self.params.items():
             for value in param.corners():
                 config_cls.parse(apply_params(base, {name: value}), where=f"{where}: {name}={value!r}")

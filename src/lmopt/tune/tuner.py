@@ -23,7 +23,7 @@ def validate_job(job: TuneJob) -> None:
     """Fail before any trial when the base config or a value of the space does not fit the step."""
     config_cls = get_target(job.target).config_cls()
     config_cls.parse(job.base, where=f"{job.target} config")
-    SearchSpace.from_dict(job.space).check(config_cls, job.base, where="space")
+    SearchSpace.from_dict(job.space).check(config_cls, job.base)
 
 
 def run_job(job: TuneJob, log: Callable[[str], Any] = print) -> TuneResult:
