@@ -1,0 +1,29 @@
+"""Every shipped recipe validates (all step configs parse); the foundation's recipe runs end to end."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+import lmopt
+from lmopt.pipeline import Recipe, load_recipe_file, run_recipe
+
+RECIPES = sorted((Path(lmopt.__file__).parent / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_shipped_recipe_validates(path):
+    recipe, _ = load_recipe_file(path)
+    assert recipe.steps or recipe.evaluate
+
+
+def test_evaluate_embedded_recipe_runs_on_a_tiny_model(tmp_path, tiny_dir):
+    data = yaml.safe_load((Path(lmopt.__file__).parent / "recipes" / "evaluate-embedded.yaml").read_text())
+    data.update(model=str(tiny_dir), dtype="float32", workdir=str(tmp_path / "w"))
+    data["steps"][0]["evaluate"].update(limit=2, seq_len=32)
+    data["steps"][1]["bench"].update(new_tokens=3, batch_sizes=[1], repeats=1, measure_bandwidth=False,
+                                     prefill_len=16)
+    summary = run_recipe(Recipe.parse(data), tmp_path, log=lambda m: None)
+    evaluate, bench = (s["metrics"] for s in summary["steps"])
+    assert evaluate["pydoc"]["windows"] == 2
+    assert bench["speed"]["decode_tokens_per_s_bs1"] > 0
