@@ -16,11 +16,22 @@ from typing import Any
 
 from lmopt.train.config import DistillConfig, DistillStepConfig, TrainConfig
 
-__all__ = ["DistillConfig", "DistillStepConfig", "TrainConfig", "TrainResult", "distill", "finetune",
-           "student_from_teacher"]
+__all__ = [
+    "DistillConfig",
+    "DistillStepConfig",
+    "TrainConfig",
+    "TrainResult",
+    "distill",
+    "finetune",
+    "student_from_teacher",
+]
 
-_LAZY = {"finetune": "lmopt.train.finetune", "TrainResult": "lmopt.train.finetune",
-         "distill": "lmopt.train.distill", "student_from_teacher": "lmopt.train.students"}
+_LAZY = {
+    "finetune": "lmopt.train.finetune",
+    "TrainResult": "lmopt.train.finetune",
+    "distill": "lmopt.train.distill",
+    "student_from_teacher": "lmopt.train.students",
+}
 
 
 def __getattr__(name: str) -> Any:  # heavy modules load on first use, keeping `import lmopt` instant

@@ -27,8 +27,16 @@ from lmopt.errors import LmoptError
 STATE_FILE = "loop_state.json"
 BEST_FILE = "best.safetensors"
 # Settings that may change between a run and its resumption without changing what it computes.
-RESUME_FREE_FIELDS = ("max_minutes", "log_every", "resume", "keep_checkpoints", "save_every", "max_steps",
-                      "epochs", "early_stopping_patience")
+RESUME_FREE_FIELDS = (
+    "max_minutes",
+    "log_every",
+    "resume",
+    "keep_checkpoints",
+    "save_every",
+    "max_steps",
+    "epochs",
+    "early_stopping_patience",
+)
 
 
 @dataclass
@@ -92,8 +100,10 @@ def load_checkpoint(accelerator: Any, run_dir: Path, fingerprint: str) -> LoopSt
         return None
     state = LoopState(**json.loads((found[-1] / STATE_FILE).read_text()))
     if state.fingerprint != fingerprint:
-        raise LmoptError(f"{run_dir}: its checkpoints come from a different training config; "
-                         f"use another run dir or set resume: false")
+        raise LmoptError(
+            f"{run_dir}: its checkpoints come from a different training config; "
+            f"use another run dir or set resume: false"
+        )
     accelerator.load_state(str(found[-1]))
     return state
 

@@ -119,12 +119,27 @@ class DistillConfig(TrainConfig):
     on the fly). The divergence is then computed over those k tokens, both distributions renormalized."""
 
 
+class FinetuneStepConfig(TrainConfig):
+    """The `finetune` recipe step / `lmopt train`: a training config plus where the data is."""
+
+    data: str | None = None
+    """Training data path (default: the recipe's `data`); relative to the recipe's folder."""
+    val_data: str | None = None
+    """Validation data path (default: a `val_fraction` split of the training data)."""
+    save_every: int | None = Field(default=200, ge=1)
+
+
 class DistillStepConfig(DistillConfig):
-    """The `distill` recipe step / CLI: a distillation config plus where the student comes from.
+    """The `distill` recipe step / `lmopt distill`: a distillation config plus data and student.
 
     The recipe's current model is the teacher. The student is `student` (any model sharing the
     teacher's tokenizer) or, when that is None, the teacher cut to `student_layers` layers.
     """
+
+    data: str | None = None
+    """Training data path (default: the recipe's `data`)."""
+    val_data: str | None = None
+    save_every: int | None = Field(default=200, ge=1)
 
     student: str | None = None
     """A model reference for the student (alias, directory, .gguf, hub id)."""

@@ -5,7 +5,8 @@ Accepted sources:
 - a `.jsonl` file, or a `.json` file holding an array, of rows shaped as one of:
   `{"text": ...}` (raw), `{"messages": [{"role", "content"}, ...]}`,
   `{"prompt", "response"}` (Dolly style), `{"instruction", "input", "output"}` (Alpaca style);
-- a list of strings (raw documents) or of such dicts.
+- a list of strings (raw documents) or of such dicts;
+- a named text source of `lmopt.data.text` (`pydoc-train`, `pydoc`, `wikitext2`): raw text documents.
 
 `read_records(source, format)` returns `("text", [str, ...])` or `("chat", [[message, ...], ...])`.
 Every bad row fails with one `LmoptError` naming the file and line (or the list index).
@@ -22,11 +23,16 @@ from lmopt.errors import LmoptError
 
 Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
+NAMED_SOURCES = ("pydoc-train", "pydoc", "wikitext2")
 
 
 def read_records(source: str | Path | Sequence[Any], format: str = "auto") -> tuple[str, list[Any]]:
     """Read `source` and return (kind, records) with kind "text" or "chat" (see the module docstring)."""
-    if isinstance(source, (str, Path)):
+    if isinstance(source, str) and source in NAMED_SOURCES and not Path(source).exists():
+        from lmopt.data.text import load_text
+
+        rows, where = [d.strip() for d in load_text(source).split("\n\n") if d.strip()], source
+    elif isinstance(source, (str, Path)):
         rows, where = _read_file(Path(source))
     else:
         rows, where = list(source), "data"
@@ -76,12 +82,17 @@ def _detect(rows: list[Any], where: str) -> str:
     first = rows[0]
     if isinstance(first, str) or (isinstance(first, dict) and "text" in first):
         return "text"
-    if isinstance(first, dict) and ({"messages"} <= first.keys() or {"prompt", "response"} <= first.keys()
-                                    or {"instruction", "output"} <= first.keys()):
+    if isinstance(first, dict) and (
+        {"messages"} <= first.keys()
+        or {"prompt", "response"} <= first.keys()
+        or {"instruction", "output"} <= first.keys()
+    ):
         return "chat"
     keys = sorted(first) if isinstance(first, dict) else type(first).__name__
-    raise LmoptError(f"{where}: cannot tell the format of the first row ({keys}); expected a 'text' field, "
-                     f"'messages', 'prompt'+'response' or 'instruction'+'output'")
+    raise LmoptError(
+        f"{where}: cannot tell the format of the first row ({keys}); expected a 'text' field, "
+        f"'messages', 'prompt'+'response' or 'instruction'+'output'"
+    )
 
 
 def _text_of(row: Any, where: str) -> str:
@@ -99,16 +110,21 @@ def to_messages(row: Any, where: str = "row") -> list[Message]:
     if "messages" in row:
         return _check_messages(row["messages"], where)
     if "prompt" in row and "response" in row:
-        return _check_messages([{"role": "user", "content": row["prompt"]},
-                                {"role": "assistant", "content": row["response"]}], where)
+        return _check_messages(
+            [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["response"]}],
+            where,
+        )
     if "instruction" in row and "output" in row:
         user = str(row["instruction"]).strip()
         if str(row.get("input") or "").strip():
             user += "\n\n" + str(row["input"]).strip()
-        return _check_messages([{"role": "user", "content": user},
-                                {"role": "assistant", "content": row["output"]}], where)
-    raise LmoptError(f"{where}: chat row needs 'messages', 'prompt'+'response' or 'instruction'+'output' "
-                     f"(has {sorted(row)})")
+        return _check_messages(
+            [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}], where
+        )
+    raise LmoptError(
+        f"{where}: chat row needs 'messages', 'prompt'+'response' or 'instruction'+'output' "
+        f"(has {sorted(row)})"
+    )
 
 
 def _check_messages(messages: Any, where: str) -> list[Message]:
@@ -135,5 +151,7 @@ def split_records(records: list[Any], val_fraction: float, seed: int) -> tuple[l
     order = list(range(len(records)))
     random.Random(seed).shuffle(order)
     held = set(order[:n_val])
-    return ([r for i, r in enumerate(records) if i not in held],
-            [r for i, r in enumerate(records) if i in held])
+    return (
+        [r for i, r in enumerate(records) if i not in held],
+        [r for i, r in enumerate(records) if i in held],
+    )

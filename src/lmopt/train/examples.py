@@ -32,15 +32,16 @@ def pack_text(documents: list[str], tokenizer: Any, seq_len: int) -> list[dict[s
         if sep is not None:
             stream.append(sep)
     n_blocks = max(len(stream) // seq_len, 1 if len(stream) >= 2 else 0)
-    blocks = [stream[i * seq_len:(i + 1) * seq_len] for i in range(n_blocks)]
+    blocks = [stream[i * seq_len : (i + 1) * seq_len] for i in range(n_blocks)]
     return [{"input_ids": b, "labels": list(b)} for b in blocks]
 
 
 def render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
     """The conversation as text, through the chat template when the tokenizer has one."""
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False,
-                                             add_generation_prompt=add_generation_prompt)
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
     text = "".join(f"{m['role']}: {m['content']}\n\n" for m in messages)
     return text + ("assistant: " if add_generation_prompt else "")
 
@@ -53,23 +54,28 @@ def response_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str,
         if msg["role"] != "assistant":
             continue
         prompt = render(tokenizer, messages[:i], add_generation_prompt=True)
-        turn = render(tokenizer, messages[:i + 1])
+        turn = render(tokenizer, messages[: i + 1])
         if not (full.startswith(prompt) and full.startswith(turn) and len(turn) > len(prompt)):
-            raise LmoptError("the chat template does not render conversations prefix by prefix; "
-                             "response-only loss needs that (set response_only: false)")
+            raise LmoptError(
+                "the chat template does not render conversations prefix by prefix; "
+                "response-only loss needs that (set response_only: false)"
+            )
         spans.append((len(prompt), len(turn)))
     return full, spans
 
 
-def chat_example(tokenizer: Any, messages: list[dict[str, str]], seq_len: int,
-                 response_only: bool = True) -> dict[str, list[int]] | None:
+def chat_example(
+    tokenizer: Any, messages: list[dict[str, str]], seq_len: int, response_only: bool = True
+) -> dict[str, list[int]] | None:
     """One conversation as token ids and labels (None when nothing is left to learn after truncation)."""
     full, spans = response_spans(tokenizer, messages)
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"][:seq_len], enc["offset_mapping"][:seq_len]
     if response_only:
-        labels = [tok if any(a <= start < b for a, b in spans) else IGNORE
-                  for tok, (start, _end) in zip(ids, offsets, strict=True)]
+        labels = [
+            tok if any(a <= start < b for a, b in spans) else IGNORE
+            for tok, (start, _end) in zip(ids, offsets, strict=True)
+        ]
     else:
         labels = list(ids)
     if all(label == IGNORE for label in labels[1:]):  # the first label is never predicted
@@ -77,8 +83,9 @@ def chat_example(tokenizer: Any, messages: list[dict[str, str]], seq_len: int,
     return {"input_ids": ids, "labels": labels}
 
 
-def build_examples(kind: str, records: list[Any], tokenizer: Any, seq_len: int,
-                   response_only: bool = True) -> list[dict[str, list[int]]]:
+def build_examples(
+    kind: str, records: list[Any], tokenizer: Any, seq_len: int, response_only: bool = True
+) -> list[dict[str, list[int]]]:
     """Token examples for `records` of `kind` ("text" or "chat")."""
     if kind == "text":
         return pack_text(records, tokenizer, seq_len)

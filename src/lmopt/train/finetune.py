@@ -53,15 +53,23 @@ def prepare_data(data: Any, tokenizer: Any, config: TrainConfig, val_data: Any =
         train_records, (_, val_records) = records, read_records(val_data, kind)
     else:
         train_records, val_records = split_records(records, config.val_fraction, config.seed)
-    build = functools.partial(build_examples, kind, tokenizer=tokenizer, seq_len=config.seq_len,
-                              response_only=config.response_only)
+    build = functools.partial(
+        build_examples, kind, tokenizer=tokenizer, seq_len=config.seq_len, response_only=config.response_only
+    )
     train, val = build(records=train_records), build(records=val_records) if val_records else []
     if not train:
-        raise LmoptError("data: no training example left (texts too short, or every response truncated "
-                         "away: raise seq_len)")
-    info = {"kind": kind, "train_records": len(train_records), "val_records": len(val_records),
-            "train_examples": len(train), "val_examples": len(val),
-            "train_label_tokens": sum(sum(t != -100 for t in ex["labels"][1:]) for ex in train)}
+        raise LmoptError(
+            "data: no training example left (texts too short, or every response truncated "
+            "away: raise seq_len)"
+        )
+    info = {
+        "kind": kind,
+        "train_records": len(train_records),
+        "val_records": len(val_records),
+        "train_examples": len(train),
+        "val_examples": len(val),
+        "train_label_tokens": sum(sum(t != -100 for t in ex["labels"][1:]) for ex in train),
+    }
     return PreparedData(kind, train, val, info)
 
 
@@ -87,9 +95,15 @@ def prepare_model(model: Any, config: TrainConfig) -> Any:
     return model
 
 
-def finetune(model: Any, data: Any, config: TrainConfig | None = None, *,
-             callbacks: Callback | list[Callback] | None = None, val_data: Any = None,
-             run_dir: str | Path | None = None) -> TrainResult:
+def finetune(
+    model: Any,
+    data: Any,
+    config: TrainConfig | None = None,
+    *,
+    callbacks: Callback | list[Callback] | None = None,
+    val_data: Any = None,
+    run_dir: str | Path | None = None,
+) -> TrainResult:
     """Fine-tune `model` (a `LoadedModel`) on `data` (a path or a list; see `lmopt.train.data`).
 
     `callbacks` see every validation (`on_eval(step, metrics) -> bool`, True stops the run; see
@@ -105,10 +119,16 @@ def finetune(model: Any, data: Any, config: TrainConfig | None = None, *,
     trainable = prepare_model(model.model, config)
     loss_fn = functools.partial(lm_loss, label_smoothing=config.label_smoothing)
     outcome = train_loop(
-        trainable, prepared.train, prepared.val, loss_fn, config,
+        trainable,
+        prepared.train,
+        prepared.val,
+        loss_fn,
+        config,
         collate=functools.partial(collate_batch, pad_id=pad_id),
-        callbacks=Callbacks(callbacks, label="finetune"), run_dir=Path(run_dir) if run_dir else None,
-        label="finetune")
+        callbacks=Callbacks(callbacks, label="finetune"),
+        run_dir=Path(run_dir) if run_dir else None,
+        label="finetune",
+    )
     trained = outcome.model
     if config.load_best and outcome.best is not None:
         trained.load_state_dict(outcome.best, strict=False)
@@ -118,8 +138,14 @@ def finetune(model: Any, data: Any, config: TrainConfig | None = None, *,
 
         adapter, trained = (None, merge_lora(trained)) if config.merge_lora else (trained, trained)
     metrics = summary(outcome, prepared, config)
-    card = model.card.model_copy(update={"parent": model.ref, "step": "finetune", "config": config.to_dict(),
-                                         "metrics": {**model.card.metrics, "finetune": metrics}})
+    card = model.card.model_copy(
+        update={
+            "parent": model.ref,
+            "step": "finetune",
+            "config": config.to_dict(),
+            "metrics": {**model.card.metrics, "finetune": metrics},
+        }
+    )
     result_model = LoadedModel(trained, model.tokenizer, model.ref, None, card)
     return TrainResult(result_model, metrics, outcome.state.history, outcome.state.stopped, adapter)
 
@@ -140,12 +166,19 @@ def summary(outcome: Any, prepared: PreparedData, config: TrainConfig) -> dict[s
     state = outcome.state
     history = state.history
     return {
-        **prepared.info, "method": config.method, "steps": state.step, "epochs_done": state.epoch,
-        "tokens": state.tokens, "train_seconds": round(state.train_seconds, 2),
+        **prepared.info,
+        "method": config.method,
+        "steps": state.step,
+        "epochs_done": state.epoch,
+        "tokens": state.tokens,
+        "train_seconds": round(state.train_seconds, 2),
         "wall_seconds": round(state.wall_seconds, 2),
         "tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 2),
-        "trainable_parameters": outcome.trainable, "peak_memory_mb": round(outcome.peak_memory_mb, 1),
+        "trainable_parameters": outcome.trainable,
+        "peak_memory_mb": round(outcome.peak_memory_mb, 1),
         "first_eval_loss": history[0]["eval_loss"] if history else None,
         "final_eval_loss": history[-1]["eval_loss"] if history else None,
-        "best_eval_loss": state.best_eval_loss, "best_step": state.best_step, "stopped": state.stopped,
+        "best_eval_loss": state.best_eval_loss,
+        "best_step": state.best_step,
+        "stopped": state.stopped,
     }

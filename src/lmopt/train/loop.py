@@ -57,16 +57,18 @@ def autocast(config: Any, device: Any) -> Any:
     return contextlib.nullcontext()
 
 
-def epoch_loader(accelerator: Any, examples: list[Any], config: Any, epoch: int, collate: Callable,
-                 shuffle: bool = True) -> Any:
+def epoch_loader(
+    accelerator: Any, examples: list[Any], config: Any, epoch: int, collate: Callable, shuffle: bool = True
+) -> Any:
     """A prepared DataLoader whose order depends only on (seed, epoch), not on the global RNG."""
     import torch
 
     gen = torch.Generator().manual_seed(config.seed * 1000 + epoch)
     order = torch.randperm(len(examples), generator=gen).tolist() if shuffle else range(len(examples))
     items = [(i, examples[i]) for i in order]
-    loader = torch.utils.data.DataLoader(items, batch_size=config.batch_size, shuffle=False,
-                                         collate_fn=collate, generator=gen)
+    loader = torch.utils.data.DataLoader(
+        items, batch_size=config.batch_size, shuffle=False, collate_fn=collate, generator=gen
+    )
     return accelerator.prepare_data_loader(loader, device_placement=True)
 
 
@@ -115,9 +117,19 @@ def peak_memory_mb(device: Any) -> float:
 class _Run:
     """One call of `train_loop`: the prepared objects and the bookkeeping around the steps."""
 
-    def __init__(self, model: Any, train: list[Any], val: list[Any], loss_fn: Callable, config: Any,
-                 collate: Callable, extra_params: list[Any], callbacks: Callbacks, run_dir: Path | None,
-                 label: str) -> None:
+    def __init__(
+        self,
+        model: Any,
+        train: list[Any],
+        val: list[Any],
+        loss_fn: Callable,
+        config: Any,
+        collate: Callable,
+        extra_params: list[Any],
+        callbacks: Callbacks,
+        run_dir: Path | None,
+        label: str,
+    ) -> None:
         import torch
         from accelerate import Accelerator
 
@@ -201,8 +213,14 @@ class _Run:
         config, state = self.config, self.state
         self._tick_wall()
         if state.step % config.log_every == 0:
-            self.callbacks.log(state.step, {"loss": self._last_loss, "lr": self.sched.get_last_lr()[0],
-                                            "tokens_per_s": state.tokens / max(state.train_seconds, 1e-9)})
+            self.callbacks.log(
+                state.step,
+                {
+                    "loss": self._last_loss,
+                    "lr": self.sched.get_last_lr()[0],
+                    "tokens_per_s": state.tokens / max(state.train_seconds, 1e-9),
+                },
+            )
         if config.eval_every and state.step % config.eval_every == 0:
             self._evaluate()
         if state.stopped is None and state.step >= self.total:
@@ -222,11 +240,17 @@ class _Run:
             return
         config, state = self.config, self.state
         metrics = evaluate_loss(self.acc, self.model, self.val_loader, config, config.max_val_batches)
-        metrics.update(step=state.step, epoch=state.epoch, tokens=state.tokens,
-                       train_loss=getattr(self, "_last_loss", None))
+        metrics.update(
+            step=state.step,
+            epoch=state.epoch,
+            tokens=state.tokens,
+            train_loss=getattr(self, "_last_loss", None),
+        )
         state.history.append(metrics)
-        improved = state.best_eval_loss is None or \
-            metrics["eval_loss"] < state.best_eval_loss - config.early_stopping_min_delta
+        improved = (
+            state.best_eval_loss is None
+            or metrics["eval_loss"] < state.best_eval_loss - config.early_stopping_min_delta
+        )
         if improved:
             state.best_eval_loss, state.best_step, state.bad_evals = metrics["eval_loss"], state.step, 0
             self.best, self.best_dirty = trainable_weights(self.acc.unwrap_model(self.model)), True
@@ -248,15 +272,34 @@ class _Run:
         self._tick_wall()
 
 
-def train_loop(model: Any, train: list[Any], val: list[Any], loss_fn: Callable[[Any, dict], Any],
-               config: Any, *, collate: Callable, extra_params: list[Any] | None = None,
-               callbacks: Callbacks | None = None, run_dir: Path | None = None,
-               label: str = "train") -> LoopOutcome:
+def train_loop(
+    model: Any,
+    train: list[Any],
+    val: list[Any],
+    loss_fn: Callable[[Any, dict], Any],
+    config: Any,
+    *,
+    collate: Callable,
+    extra_params: list[Any] | None = None,
+    callbacks: Callbacks | None = None,
+    run_dir: Path | None = None,
+    label: str = "train",
+) -> LoopOutcome:
     """Train `model` on `train` examples with `loss_fn` (see the module docstring)."""
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-    run = _Run(model, train, val, loss_fn, config, collate, list(extra_params or []),
-               callbacks or Callbacks(), run_dir, label)
+    run = _Run(
+        model,
+        train,
+        val,
+        loss_fn,
+        config,
+        collate,
+        list(extra_params or []),
+        callbacks or Callbacks(),
+        run_dir,
+        label,
+    )
     state = run.run()
     if run.run_dir is not None and run.best_dirty and run.best is not None and run.acc.is_main_process:
         save_best(run.run_dir, run.best)

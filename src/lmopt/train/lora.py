@@ -19,8 +19,10 @@ def target_modules(model: Any, wanted: list[str]) -> list[str]:
     names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     found = [w for w in wanted if w in names]
     if not found:
-        raise LmoptError(f"lora_targets: none of {wanted} is a Linear module of this model "
-                         f"(its Linear names: {sorted(names)})")
+        raise LmoptError(
+            f"lora_targets: none of {wanted} is a Linear module of this model "
+            f"(its Linear names: {sorted(names)})"
+        )
     return found
 
 
@@ -28,8 +30,13 @@ def apply_lora(model: Any, r: int, alpha: float, dropout: float, targets: list[s
     """Return `model` wrapped by peft with adapters on `targets`; only adapters are trainable."""
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
-                        target_modules=target_modules(model, targets), task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules(model, targets),
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, config)
 
 

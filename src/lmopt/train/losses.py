@@ -31,8 +31,12 @@ def masked_ce(logits: Any, labels: Any, label_smoothing: float = 0.0) -> Any:
     pred, target = shift(logits, labels)
     if not bool((target != IGNORE).any()):
         return pred.sum() * 0.0  # keeps the graph so backward() still works
-    return F.cross_entropy(pred.float().reshape(-1, pred.shape[-1]), target.reshape(-1),
-                           ignore_index=IGNORE, label_smoothing=label_smoothing)
+    return F.cross_entropy(
+        pred.float().reshape(-1, pred.shape[-1]),
+        target.reshape(-1),
+        ignore_index=IGNORE,
+        label_smoothing=label_smoothing,
+    )
 
 
 def ce_sum(logits: Any, labels: Any) -> tuple[float, int]:
@@ -40,8 +44,9 @@ def ce_sum(logits: Any, labels: Any) -> tuple[float, int]:
     import torch.nn.functional as F
 
     pred, target = shift(logits, labels)
-    total = F.cross_entropy(pred.float().reshape(-1, pred.shape[-1]), target.reshape(-1),
-                            ignore_index=IGNORE, reduction="sum")
+    total = F.cross_entropy(
+        pred.float().reshape(-1, pred.shape[-1]), target.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
     return float(total), int((target != IGNORE).sum())
 
 
@@ -56,16 +61,23 @@ def divergence(teacher_logp: Any, student_logp: Any, kind: str, beta: float = 0.
         return (p_s * (student_logp - teacher_logp)).sum(-1)
     if kind == "jsd":
         # log M by logsumexp, stable where one of the two probabilities underflows
-        log_m = torch.logsumexp(torch.stack([teacher_logp + math.log(beta),
-                                             student_logp + math.log(1 - beta)]), dim=0)
+        log_m = torch.logsumexp(
+            torch.stack([teacher_logp + math.log(beta), student_logp + math.log(1 - beta)]), dim=0
+        )
         kl_t = (p_t * (teacher_logp - log_m)).sum(-1)
         kl_s = (p_s * (student_logp - log_m)).sum(-1)
         return beta * kl_t + (1 - beta) * kl_s
     raise ValueError(f"unknown divergence {kind!r}")
 
 
-def kd_loss(student_logits: Any, teacher_logits: Any, labels: Any, kind: str = "forward_kl",
-            temperature: float = 1.0, beta: float = 0.5) -> Any:
+def kd_loss(
+    student_logits: Any,
+    teacher_logits: Any,
+    labels: Any,
+    kind: str = "forward_kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+) -> Any:
     """Mean divergence over labelled positions at temperature T, scaled by T^2 (full vocabulary)."""
     import torch
 
@@ -74,11 +86,18 @@ def kd_loss(student_logits: Any, teacher_logits: Any, labels: Any, kind: str = "
     mask = target != IGNORE  # (batch, seq-1)
     log_q = torch.log_softmax(s[mask].float() / temperature, dim=-1)  # (n, vocab)
     log_p = torch.log_softmax(t[mask].float() / temperature, dim=-1)
-    return divergence(log_p, log_q, kind, beta).mean() * temperature ** 2
+    return divergence(log_p, log_q, kind, beta).mean() * temperature**2
 
 
-def kd_loss_topk(student_logits: Any, topk_values: Any, topk_indices: Any, labels: Any,
-                 kind: str = "forward_kl", temperature: float = 1.0, beta: float = 0.5) -> Any:
+def kd_loss_topk(
+    student_logits: Any,
+    topk_values: Any,
+    topk_indices: Any,
+    labels: Any,
+    kind: str = "forward_kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+) -> Any:
     """As `kd_loss`, against cached teacher top-k logits (batch, seq, k) and their token ids.
 
     Both distributions are restricted to the teacher's k tokens and renormalized there; with k equal to
@@ -92,11 +111,11 @@ def kd_loss_topk(student_logits: Any, topk_values: Any, topk_indices: Any, label
     student_k = s[mask].float().gather(-1, indices)  # (n, k)
     log_q = torch.log_softmax(student_k / temperature, dim=-1)
     log_p = torch.log_softmax(values.float() / temperature, dim=-1)
-    return divergence(log_p, log_q, kind, beta).mean() * temperature ** 2
+    return divergence(log_p, log_q, kind, beta).mean() * temperature**2
 
 
 def hidden_mse(student_hidden: Any, teacher_hidden: Any, attention_mask: Any) -> Any:
     """Mean squared error per hidden unit over the real (unpadded) positions; shapes (batch, seq, d)."""
     mask = attention_mask.bool()
     diff = student_hidden[mask].float() - teacher_hidden[mask].float()  # (n, d)
-    return (diff ** 2).mean()
+    return (diff**2).mean()

@@ -43,8 +43,7 @@ def param_groups(model: Any, weight_decay: float, extra: list[Any] | None = None
         (no_decay if name in skip else decay).append(param)
     for param in extra or []:
         (decay if param.ndim >= 2 else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def make_optimizer(model: Any, config: Any, extra: list[Any] | None = None) -> Any:
@@ -76,8 +75,16 @@ def make_scheduler(optimizer: Any, config: Any, total_steps: int) -> Any:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
 
 
-DROPOUT_CONFIG_FIELDS = ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop",
-                         "dropout", "hidden_dropout_prob", "attention_probs_dropout_prob")
+DROPOUT_CONFIG_FIELDS = (
+    "attention_dropout",
+    "hidden_dropout",
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+    "dropout",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+)
 
 
 def apply_dropout(model: Any, p: float) -> int:

@@ -1,0 +1,100 @@
+"""The losses against brute-force formulas written with Python loops and `math`."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lmopt.train.losses import IGNORE, ce_sum, divergence, hidden_mse, kd_loss, kd_loss_topk, masked_ce
+
+
+def _softmax(row, t=1.0):
+    z = [v / t for v in row]
+    m = max(z)
+    e = [math.exp(v - m) for v in z]
+    return [v / sum(e) for v in e]
+
+
+def _brute(p, q, kind, beta=0.5):
+    if kind == "forward_kl":
+        return sum(a * math.log(a / b) for a, b in zip(p, q, strict=True))
+    if kind == "reverse_kl":
+        return sum(b * math.log(b / a) for a, b in zip(p, q, strict=True))
+    m = [beta * a + (1 - beta) * b for a, b in zip(p, q, strict=True)]
+    return beta * sum(a * math.log(a / c) for a, c in zip(p, m, strict=True)) + (1 - beta) * sum(
+        b * math.log(b / c) for b, c in zip(q, m, strict=True)
+    )
+
+
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_kd_loss_matches_brute_force(kind, temperature):
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 5, 7), torch.randn(2, 5, 7) * 2
+    labels = torch.tensor([[1, 2, 3, IGNORE, 4], [IGNORE, 1, IGNORE, 2, 3]])
+    got = kd_loss(student, teacher, labels, kind, temperature, beta=0.3)
+    terms = []
+    for b in range(2):
+        for t in range(4):  # position t predicts label t+1
+            if labels[b, t + 1] != IGNORE:
+                p = _softmax(teacher[b, t].tolist(), temperature)
+                q = _softmax(student[b, t].tolist(), temperature)
+                terms.append(_brute(p, q, kind, beta=0.3))
+    expected = sum(terms) / len(terms) * temperature**2
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_divergences_are_zero_on_equal_and_jsd_bounded():
+    logp = torch.log_softmax(torch.randn(3, 11), dim=-1)
+    for kind in ("forward_kl", "reverse_kl", "jsd"):
+        assert divergence(logp, logp, kind).abs().max().item() < 1e-6
+    far = torch.log_softmax(torch.tensor([[50.0, 0.0], [0.0, 50.0]]), dim=-1)
+    jsd = divergence(far, far.flip(-1), "jsd", beta=0.5)
+    assert torch.all(jsd <= math.log(2) + 1e-6)
+
+
+def test_topk_with_full_vocab_equals_full_kd():
+    torch.manual_seed(1)
+    student, teacher = torch.randn(2, 6, 9), torch.randn(2, 6, 9)
+    labels = torch.randint(0, 9, (2, 6))
+    top = teacher.topk(9, dim=-1)
+    for kind in ("forward_kl", "reverse_kl", "jsd"):
+        full = kd_loss(student, teacher, labels, kind, 2.0)
+        sparse = kd_loss_topk(student, top.values, top.indices, labels, kind, 2.0)
+        assert sparse.item() == pytest.approx(full.item(), rel=1e-5)
+
+
+def test_masked_ce_matches_manual_nll_and_label_smoothing():
+    torch.manual_seed(2)
+    logits = torch.randn(1, 4, 5)
+    labels = torch.tensor([[IGNORE, 3, IGNORE, 1]])
+    manual = (
+        -(math.log(_softmax(logits[0, 0].tolist())[3]) + math.log(_softmax(logits[0, 2].tolist())[1])) / 2
+    )
+    assert masked_ce(logits, labels).item() == pytest.approx(manual, rel=1e-5)
+    total, count = ce_sum(logits, labels)
+    assert count == 2 and total / count == pytest.approx(manual, rel=1e-5)
+    eps, rows = 0.1, [(0, 3), (2, 1)]
+    smooth = (
+        sum(
+            -(1 - eps) * math.log(_softmax(logits[0, t].tolist())[y])
+            - eps / 5 * sum(math.log(v) for v in _softmax(logits[0, t].tolist()))
+            for t, y in rows
+        )
+        / 2
+    )
+    assert masked_ce(logits, labels, label_smoothing=eps).item() == pytest.approx(smooth, rel=1e-5)
+
+
+def test_masked_ce_without_labels_is_zero_with_graph():
+    logits = torch.randn(1, 3, 4, requires_grad=True)
+    loss = masked_ce(logits, torch.full((1, 3), IGNORE))
+    loss.backward()
+    assert loss.item() == 0.0 and logits.grad is not None
+
+
+def test_hidden_mse_ignores_padding():
+    s, t = torch.zeros(1, 3, 2), torch.tensor([[[1.0, 1.0], [3.0, 3.0], [100.0, 100.0]]])
+    assert hidden_mse(s, t, torch.tensor([[1, 1, 0]])).item() == pytest.approx((1 + 1 + 9 + 9) / 4)
