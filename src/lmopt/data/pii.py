@@ -41,18 +41,23 @@ _MAYBE_ASSIGNED = re.compile(r"(?i)(?:pass|pwd|secret|key|token|bearer)[\"']?\s*
 _MAYBE_IPV6 = re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f]{0,4}:")
 _EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
                     r"\.[A-Za-z]{2,}\b")
-_CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
-_IPV4 = re.compile(r"(?<![\d.])(?<!EC )(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
+# Cards: 13-19 digits in one run, or in the printed groups 4-4-4-4(-3) / Amex 4-6-5. Not inside a
+# decimal number or a longer digit run (binary dumps, measurements).
+_CARD = re.compile(r"(?<![\d.,-])(?:\d{13,19}|\d{4}([ -])\d{4}\1\d{4}\1\d{1,4}(?:\1\d{3})?"
+                   r"|\d{4}([ -])\d{6}\2\d{5})(?![\d-]|[.,]\d)")
+# Not inside a longer dotted number (versions, EC enzyme numbers); a sentence's full stop may follow.
+_IPV4 = re.compile(r"(?<!\d)(?<!\d\.)(?<!EC )(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d)")
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
 # Phones need a telephone-like shape: an international +CC prefix, a (area) code, or 3-3-4 / 2-2-2-2-2
 # groups joined by separators. Bare digit runs are left alone (they are usually identifiers or counts).
 _PHONE = re.compile(
     r"(?<![\w+])(?:"
-    r"\+\d{1,3}[\s.-]?(?:\(\d{1,4}\)[\s.-]?)?\d{1,4}(?:[\s.-]\d{2,4}){1,4}"    # +44 20 7946 0958
+    r"\+\d{1,3}[\s.-]?(?:\(\d{1,4}\)[\s.-]?)?\d{1,4}(?:[\s.-]\d{2,8}){1,4}"    # +44 20 7946 0958
     r"|\(\d{3}\)\s?\d{3}[\s.-]\d{4}"                                            # (555) 123-4567
     r"|\d{3}([.-])\d{3}\1\d{4}"                                                # 555-123-4567, 555.123.4567
     r"|\d{3} \d{3} \d{4}"                                                       # 555 123 4567
     r"|0\d{1,4}[ -]\d{3,4}[ -]\d{3,4}"                                           # 020 7946 0958
+    r"|0\d{2,4}[ /-]\d{5,8}"                                                      # 0171 2345678
     r"|0\d(?:[ .]\d{2}){4}"                                                      # 06 12 34 56 78
     r")(?!\w)")
 _PHONE_DIGITS = (7, 15)
