@@ -95,6 +95,8 @@ class TuneJob(Config):
     model: str | None = None
     data: str | None = None
     data_dir: str | None = None
+    base_dir: str | None = None
+    """The recipe's folder: relative paths in the tuned step's config resolve against it."""
     dtype: str = "auto"
 
     def key(self) -> str:

@@ -50,7 +50,8 @@ def job_from_step(ctx: StepContext, config: TuneStepConfig) -> TuneJob:
     return TuneJob(target=config.step, base=config.base, space=space.to_dict(), tune=tune,
                    model=str(ctx.model) if ctx.model is not None else None,
                    data=str(ctx.data) if ctx.data is not None else None,
-                   data_dir=str(ctx.data_dir) if ctx.data_dir else None, dtype=ctx.dtype)
+                   data_dir=str(ctx.data_dir) if ctx.data_dir else None, base_dir=str(ctx.base_dir.resolve()),
+                   dtype=ctx.dtype)
 
 
 @register_step("tune", TuneStepConfig)

@@ -55,15 +55,21 @@ def _toy_run(job: TuneJob, config: Config, hook: EvalHook) -> Outcome:
                    stopped_by_hook=metrics["steps"] < config.steps)
 
 
-def _train_cls() -> type[Config]:
-    from lmopt.train import TrainConfig
+def _finetune_cls() -> type[Config]:
+    from lmopt.train.config import FinetuneStepConfig
 
-    return TrainConfig
+    return FinetuneStepConfig
+
+
+def _distill_cls() -> type[Config]:
+    from lmopt.train.config import DistillStepConfig
+
+    return DistillStepConfig
 
 
 def _train_metrics(result: Any, config: Any) -> dict[str, float]:
     """The run's numeric figures, plus `eval_loss`: the validation loss of the weights returned."""
-    metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float) and v is not None}
+    metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
     best, final = result.metrics.get("best_eval_loss"), result.metrics.get("final_eval_loss")
     loss = best if config.load_best and best is not None else final
     if loss is not None:
@@ -79,26 +85,58 @@ def _save_loaded(loaded: Any, directory: Path, card_fields: dict[str, Any]) -> N
     ModelCard(**{**loaded.card.model_dump(), **card_fields}).write(directory)
 
 
-def _training_dtype(job: TuneJob) -> str:
-    # "auto" picks bf16 weights on CPUs that have it: fine for inference, lossy for AdamW updates.
-    return "float32" if job.dtype == "auto" else job.dtype
+def _context(job: TuneJob) -> Any:
+    """The StepContext the tuned step would see in the recipe (paths resolve against the recipe)."""
+    from lmopt.pipeline.steps import StepContext
+
+    base_dir = Path(job.base_dir) if job.base_dir else Path.cwd()
+    return StepContext(model=job.model, data=Path(job.data) if job.data else None, output=job.output_dir(),
+                       data_dir=Path(job.data_dir) if job.data_dir else None, base_dir=base_dir)
 
 
-def _finetune_run(job: TuneJob, config: Config, hook: EvalHook) -> Outcome:
-    from lmopt.models import load_model
-    from lmopt.train import finetune
-
-    if job.data is None:
-        raise LmoptError("tune finetune: the recipe names no training data ('data:')")
-    loaded = load_model(job.model, dtype=_training_dtype(job))
-    result = finetune(loaded, job.data, config, callbacks=[hook])
+def _outcome(result: Any, config: Any) -> Outcome:
     return Outcome(_train_metrics(result, config), loaded=result.model,
                    save=lambda directory, card: _save_loaded(result.model, directory, card),
                    stopped_by_hook=result.stopped == "callback")
 
 
+def _finetune_run(job: TuneJob, config: Config, hook: EvalHook) -> Outcome:
+    """As the `finetune` step, with the hook and without checkpoints (a trial restarts from scratch)."""
+    from lmopt.train.config import TrainConfig
+    from lmopt.train.finetune import finetune
+    from lmopt.train.step import data_paths
+
+    ctx = _context(job)
+    data, val = data_paths(ctx, config)
+    loaded = ctx.load_model(dtype="float32")  # master weights in fp32, as the finetune step does
+    train_config = TrainConfig(**config.model_dump(exclude={"data", "val_data", "save_every"}))
+    return _outcome(finetune(loaded, data, train_config, val_data=val, callbacks=[hook]), train_config)
+
+
+def _distill_run(job: TuneJob, config: Config, hook: EvalHook) -> Outcome:
+    """As the `distill` step (the recipe's model is the teacher), with the hook, without checkpoints."""
+    from lmopt.models import load_model
+    from lmopt.train.config import DistillConfig
+    from lmopt.train.distill import distill
+    from lmopt.train.step import cut_student, data_paths
+
+    ctx = _context(job)
+    data, val = data_paths(ctx, config)
+    teacher = ctx.load_model(dtype="float32")
+    if config.student is not None:
+        local = ctx.resolve_path(config.student)
+        student = load_model(local if local.exists() else config.student, dtype="float32")
+    else:
+        student = cut_student(teacher, data, config)
+    exclude = {"data", "val_data", "save_every", "student", "student_layers", "layer_selection"}
+    train_config = DistillConfig(**config.model_dump(exclude=exclude))
+    result = distill(teacher, student, data, train_config, val_data=val, callbacks=[hook])
+    return _outcome(result, train_config)
+
+
 TARGETS: dict[str, Target] = {
-    "finetune": Target(_train_cls, _finetune_run),
+    "finetune": Target(_finetune_cls, _finetune_run),
+    "distill": Target(_distill_cls, _distill_run),
     "toy-regression": Target(_toy_cls, _toy_run, collect_garbage=False),
 }
 

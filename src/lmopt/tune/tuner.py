@@ -47,6 +47,9 @@ def run_job(job: TuneJob, log: Callable[[str], Any] = print) -> TuneResult:
                 seen[0] = max(seen[0], now)
 
             if job.tune.workers == 1:
+                from lmopt.hardware import apply_threads
+
+                apply_threads()
                 run_worker(job, 0, on_trial=poll)
             else:
                 run_workers(job, progress=poll)
@@ -98,7 +101,7 @@ def job_from_recipe(recipe: Any, space: SearchSpace, config: TuneConfig, base_di
     model, data = _inputs(recipe, base_dir, index, registry, log)
     data_dir = str(base_dir / recipe.data_dir) if recipe.data_dir else None
     return TuneJob(target=name, base=base, space=space.to_dict(), tune=config, model=model, data=data,
-                   data_dir=data_dir, dtype=recipe.dtype)
+                   data_dir=data_dir, base_dir=str(base_dir.resolve()), dtype=recipe.dtype)
 
 
 def tune(recipe: Any, space: SearchSpace | str | Path | dict[str, Any], config: TuneConfig | None = None,
