@@ -151,12 +151,12 @@ def _gopher_repetition(text: str, words: list[str]) -> str | None:
 @lru_cache(maxsize=1)
 def _language_identifier() -> Any:
     try:
-        from py3langid.langid import MODEL_FILE, LanguageIdentifier
+        from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
     except ImportError:
         from lmopt.errors import missing_dependency
 
         raise missing_dependency("py3langid") from None
-    return LanguageIdentifier.from_pickled_model(MODEL_FILE, norm_probs=True)
+    return LanguageIdentifier.from_model_file(MODEL_DIR / MODEL_FILE, norm_probs=True)
 
 
 def detect_language(text: str) -> tuple[str, float]:
