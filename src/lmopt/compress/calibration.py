@@ -182,11 +182,12 @@ def collect_linear_inputs(layer: Any, inputs: LayerInputs, on_input: Callable[[s
 
 
 def sequential_calibrate(model: Any, windows: Any, process_layer: Callable[[int, Any, LayerInputs], Any],
-                         batch_size: int = 8, description: str = "calibrating") -> None:
+                         batch_size: int = 8, description: str = "calibrating") -> LayerInputs:
     """Call `process_layer(i, layer, inputs)` for each decoder layer in order (see module docstring).
 
     After the callback, the layer is run again and its outputs become the next layer's inputs, so
     each layer is calibrated on what the already-processed layers before it really produce.
+    Returns the last layer's outputs (before the final norm), for methods that go on to the lm_head.
     """
     from lmopt.progress import progress_bar
 
@@ -200,12 +201,13 @@ def sequential_calibrate(model: Any, windows: Any, process_layer: Callable[[int,
             inputs = inputs.with_hidden(run_layer(layer, inputs))
             advance(1)
     model.train(was_training)
+    return inputs
 
 
 def calibrate(model: Any, tokenizer: Any, config: CalibrationConfig,
               process_layer: Callable[[int, Any, LayerInputs], Any],
-              description: str = "calibrating") -> None:
+              description: str = "calibrating") -> LayerInputs:
     """`sequential_calibrate` on windows drawn as `config` says."""
     windows = calibration_windows(tokenizer, config.source, config.n_samples, config.seq_len, config.seed,
                                   config.data_dir)
-    sequential_calibrate(model, windows, process_layer, config.batch_size, description)
+    return sequential_calibrate(model, windows, process_layer, config.batch_size, description)

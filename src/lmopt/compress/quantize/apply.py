@@ -1,0 +1,204 @@
+"""`quantize(model, config)`: run a method over a model and swap its Linears for `QuantLinear`s.
+
+Lifecycle of a calibrated method (GPTQ, AWQ, W8A8):
+1. calibration windows are drawn (or given) and the first decoder layer's inputs captured;
+2. per decoder layer (`lmopt.compress.calibration.sequential_calibrate`): hooks gather what the
+   method needs from each Linear's inputs (Hessian, mean |x|, max |x|), the layer is rescaled
+   and/or quantized, its Linears are replaced, and its outputs (now quantized) feed the next layer;
+3. the lm_head is quantized last (round-to-nearest per channel at 8 bits; GPTQ on the final hidden
+   states otherwise); when the embedding is tied to it, the embedding becomes its de-quantized copy.
+The model ends in the exact `dequant` backend; `prepare_runtime` switches to fast kernels.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from lmopt.compress.calibration import (
+    CalibrationConfig,
+    LayerInputs,
+    calibration_windows,
+    collect_linear_inputs,
+    decoder_layers,
+    linear_modules,
+    sequential_calibrate,
+)
+from lmopt.compress.quantize import algorithms as alg
+from lmopt.compress.quantize.config import AWQConfig, GPTQConfig, W8A8Config, WeightQuantConfig
+from lmopt.compress.quantize.runtime import QuantLinear
+from lmopt.compress.quantize.smoothing import fold_scales, smooth_groups
+from lmopt.errors import LmoptError
+
+
+def to_quant_linear(linear: torch.nn.Linear, qw: alg.QuantizedWeight, act_quant: bool = False) -> QuantLinear:
+    return QuantLinear.from_codes(qw.q, qw.scale, qw.zero, qw.bits, qw.group_size, linear.bias, act_quant)
+
+
+def _set_module(root: Any, name: str, module: Any) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+def _quantize_layer_rtn(layer: Any, config: WeightQuantConfig, act_quant: bool = False) -> None:
+    for name, linear in linear_modules(layer, config.skip).items():
+        qw = alg.rtn_quantize(linear.weight.data, config.bits, config.group_size, config.sym)
+        _set_module(layer, name, to_quant_linear(linear, qw, act_quant))
+
+
+def _gptq_layer(layer: Any, inputs: LayerInputs, config: GPTQConfig) -> dict[str, float]:
+    """Hessians of every Linear from one pass over the inputs, then GPTQ on each."""
+    hessians: dict[str, list] = {}
+
+    def on_input(name: str, _module: Any, x: torch.Tensor) -> None:
+        h, n = hessians.get(name, (None, 0))
+        hessians[name] = list(alg.accumulate_hessian(h, n, x))
+
+    collect_linear_inputs(layer, inputs, on_input, names=list(linear_modules(layer, config.skip)))
+    errors = {}
+    for name, (h, _n) in hessians.items():
+        linear = layer.get_submodule(name)
+        qw = alg.gptq_quantize(linear.weight.data, h, config.bits, config.group_size, config.sym,
+                               config.block_size, config.damp, config.act_order)
+        delta = qw.dequantize() - linear.weight.float()  # (N, K)
+        errors[name] = float((delta @ h * delta).sum() / delta.shape[0])  # mean over rows of d H d^T
+        _set_module(layer, name, to_quant_linear(linear, qw))
+    return errors
+
+
+def _input_stats(layer: Any, inputs: LayerInputs, names: list[str]) -> dict[str, tuple]:
+    """(mean |x| (K,), Hessian (K, K)) of the inputs of each named Linear, over all tokens."""
+    stats: dict[str, list] = {}
+
+    def on_input(name: str, _module: Any, x: torch.Tensor) -> None:
+        abs_sum, h, n = stats.get(name, (0.0, None, 0))
+        h, total = alg.accumulate_hessian(h, n, x)
+        stats[name] = [abs_sum + x.reshape(-1, x.shape[-1]).abs().float().sum(0), h, total]
+
+    collect_linear_inputs(layer, inputs, on_input, names=names)
+    return {name: (abs_sum / n, h) for name, (abs_sum, h, n) in stats.items()}
+
+
+def _awq_layer(layer: Any, inputs: LayerInputs, config: AWQConfig) -> dict[str, float]:
+    groups = smooth_groups(layer)
+    firsts = [next(iter(g.linears)) for g in groups]
+    stats = _input_stats(layer, inputs, firsts)  # all from the float layer
+    losses = {}
+    for group, first in zip(groups, firsts, strict=True):
+        if any(any(s in n for s in config.skip) for n in group.linears):
+            continue
+        weights = [lin.weight.data for lin in group.linears.values()]
+        scales, losses[group.name] = alg.awq_search_scales(*stats[first], weights, config.bits,
+                                                           config.group_size, config.sym, config.grid)
+        fold_scales(group, scales)
+    _quantize_layer_rtn(layer, config)
+    return losses
+
+
+def _w8a8_layer(layer: Any, inputs: LayerInputs, config: W8A8Config) -> dict[str, float]:
+    if config.smoothquant:
+        groups = smooth_groups(layer)
+        absmax: dict[str, torch.Tensor] = {}
+
+        def on_input(name: str, _module: Any, x: torch.Tensor) -> None:
+            m = x.reshape(-1, x.shape[-1]).abs().amax(0).float()
+            absmax[name] = torch.maximum(absmax[name], m) if name in absmax else m
+
+        firsts = [next(iter(g.linears)) for g in groups]
+        collect_linear_inputs(layer, inputs, on_input, names=firsts)
+        for group, first in zip(groups, firsts, strict=True):
+            weights = [lin.weight.data for lin in group.linears.values()]
+            fold_scales(group, alg.smoothquant_scales(absmax[first], weights, config.alpha))
+    _quantize_layer_rtn(layer, config, act_quant=True)
+    return {}
+
+
+LAYER_METHODS = {"gptq": _gptq_layer, "awq": _awq_layer, "w8a8": _w8a8_layer}
+
+
+def _windows(model: Any, calibration: Any, tokenizer: Any) -> torch.Tensor:
+    if isinstance(calibration, torch.Tensor):
+        return calibration
+    config = calibration if calibration is not None else CalibrationConfig()
+    if tokenizer is None:
+        raise LmoptError("quantize: calibrated methods need `tokenizer=` "
+                         "(or calibration= a tensor of token ids)")
+    return calibration_windows(tokenizer, config.source, config.n_samples, config.seq_len, config.seed,
+                               config.data_dir)
+
+
+def quantize(model: Any, config: WeightQuantConfig,
+             calibration: CalibrationConfig | torch.Tensor | None = None, tokenizer: Any = None,
+             batch_size: int = 8) -> dict[str, Any]:
+    """Quantize `model` in place (see the module docstring); returns a report of what was done.
+
+    `calibration` is a `CalibrationConfig` (default: 128 x 512 tokens of pydoc-train, needs
+    `tokenizer`) or a (n_samples, seq_len) tensor of token ids; RTN needs neither.
+    """
+    started = time.time()
+    model.eval()
+    method = getattr(config, "method", "rtn")
+    report: dict[str, Any] = {"method": method, "layers": {}}
+    final: LayerInputs | None = None
+    with torch.no_grad():
+        if method == "rtn":
+            for layer in decoder_layers(model):
+                _quantize_layer_rtn(layer, config)
+        else:
+            step = LAYER_METHODS[method]
+            windows = _windows(model, calibration, tokenizer)
+            report["calibration_tokens"] = int(windows.numel())
+
+            def process(index: int, layer: Any, inputs: LayerInputs) -> None:
+                report["layers"][index] = step(layer, inputs, config)
+
+            final = sequential_calibrate(model, windows, process, batch_size, f"{method} per layer")
+        report["lm_head"] = _quantize_lm_head(model, config, final)
+    report["seconds"] = round(time.time() - started, 2)
+    return report
+
+
+def _quantize_lm_head(model: Any, config: WeightQuantConfig, final: LayerInputs | None) -> str:
+    """Quantize the lm_head (see the module docstring); returns what was done."""
+    head = model.get_output_embeddings()
+    if config.lm_head_bits is None or not isinstance(head, torch.nn.Linear):
+        return "kept"
+    embed = model.get_input_embeddings()
+    tied = embed.weight is head.weight
+    bits = config.lm_head_bits
+    group = 0 if bits == 8 else config.group_size
+    if bits < 8 and final is not None and isinstance(config, GPTQConfig):
+        norm = getattr(getattr(model, "model", model), "norm", None)
+        h, n = None, 0
+        for hidden in final.hidden:
+            h, n = alg.accumulate_hessian(h, n, norm(hidden) if norm is not None else hidden)
+        qw = alg.gptq_quantize(head.weight.data, h, bits, group, config.sym, config.block_size, config.damp,
+                               config.act_order)
+        how = f"gptq int{bits}"
+    else:
+        qw = alg.rtn_quantize(head.weight.data, bits, group, config.sym and bits < 8)
+        how = f"rtn int{bits}"
+    quant = to_quant_linear(head, qw)
+    _set_module(model, next(n for n, m in model.named_modules() if m is head), quant)
+    if tied:  # the input embedding stays the same tensor as what the lm_head computes with
+        embed.weight = torch.nn.Parameter(quant.dequantize(embed.weight.dtype), requires_grad=False)
+        model.config.tie_word_embeddings = False
+        model._lmopt_tied_head = True  # storage saves the lm_head only; export re-ties
+        how += ", tied embedding = its de-quantized copy"
+    return how
+
+
+def quant_layers(model: Any) -> dict[str, QuantLinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+
+
+def prepare_runtime(model: Any, backend: str = "auto", dense_rows: int = 32,
+                    cache_dense: bool = False) -> dict[str, int]:
+    """Switch every QuantLinear to `backend` (see runtime.py); returns {backend: count}."""
+    used: dict[str, int] = {}
+    for layer in quant_layers(model).values():
+        chosen = layer.prepare(backend, dense_rows, cache_dense)
+        used[chosen] = used.get(chosen, 0) + 1
+    return used

@@ -1,0 +1,89 @@
+"""Typed configs of the quantization methods: a verb plus a config, `quantize(model, GPTQConfig(...))`.
+
+Kept free of torch imports so that reading or validating a recipe stays instant.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from lmopt.configs import Config
+
+
+class WeightQuantConfig(Config):
+    """What every method shares: the weight grid and which tensors it covers."""
+
+    version: int = 1
+    bits: int = Field(default=4, ge=2, le=8)
+    """Bits per weight: 8, 4 or 3 (2 works but loses most quality)."""
+    group_size: int = 128
+    """Input columns sharing one scale/zero: 32, 64, 128...; 0 = one group per output channel. When
+    it does not divide a layer's width the last group is shorter (576 = 4 x 128 + 64)."""
+    sym: bool = False
+    """Symmetric grid (zero fixed at the middle) instead of min..max per group."""
+    lm_head_bits: int | None = Field(default=8, ge=2, le=8)
+    """Bits of the lm_head (per output channel when 8, else `group_size` groups). The lm_head (tied to
+    the embedding in small models) is the most sensitive tensor; None keeps it unquantized."""
+    skip: list[str] = Field(default_factory=list)
+    """Linear layers whose qualified name contains one of these strings stay unquantized."""
+
+    @field_validator("group_size")
+    @classmethod
+    def _group(cls, value: int) -> int:
+        if value < 0:
+            return 0
+        if value and (value < 8 or value % 8):
+            raise ValueError("group_size must be 0 (per channel) or a multiple of 8")
+        return value
+
+
+class RTNConfig(WeightQuantConfig):
+    """Round-to-nearest: no calibration data."""
+
+    method: Literal["rtn"] = "rtn"
+
+
+class GPTQConfig(WeightQuantConfig):
+    """GPTQ: Hessian-guided rounding that spreads each column's error over the columns left."""
+
+    method: Literal["gptq"] = "gptq"
+    damp: float = Field(default=0.01, gt=0, lt=1)
+    """Dampening added to the Hessian diagonal, as a fraction of its mean."""
+    block_size: int = Field(default=128, ge=1)
+    """Columns per lazy block update."""
+    act_order: bool = True
+    """Quantize columns in order of decreasing Hessian diagonal (activation magnitude)."""
+
+
+class AWQConfig(WeightQuantConfig):
+    """AWQ: per-input-channel scales searched so the quantized outputs stay close, then rounding."""
+
+    method: Literal["awq"] = "awq"
+    grid: int = Field(default=20, ge=1)
+    """Number of alpha values tried in [0, 1) for the scales x_mean^alpha / w_mean^(1-alpha)."""
+
+
+class W8A8Config(WeightQuantConfig):
+    """int8 weights (per channel, symmetric) and int8 activations quantized on the fly."""
+
+    method: Literal["w8a8"] = "w8a8"
+    bits: int = Field(default=8, ge=8, le=8)
+    group_size: int = 0
+    sym: bool = True
+    smoothquant: bool = True
+    """Migrate activation outliers into the weights first (SmoothQuant)."""
+    alpha: float = Field(default=0.5, ge=0, le=1)
+    """SmoothQuant migration strength."""
+
+    @field_validator("sym")
+    @classmethod
+    def _sym(cls, value: bool) -> bool:
+        if not value:
+            raise ValueError("w8a8 weights are symmetric (the int8 GEMM has no weight zero point)")
+        return value
+
+
+METHOD_CONFIGS: dict[str, type[WeightQuantConfig]] = {
+    "rtn": RTNConfig, "gptq": GPTQConfig, "awq": AWQConfig, "w8a8": W8A8Config}

@@ -1,0 +1,96 @@
+"""Kernel tensors and calls for `QuantLinear` backends (see runtime.py for what each backend is).
+
+Each backend turns the stored codes into the layout its kernel wants, once, in `build_kernel`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from lmopt.compress.quantize.algorithms import expand_groups
+from lmopt.errors import LmoptError
+
+
+def _has(op: str) -> bool:
+    return hasattr(torch.ops.aten, op)
+
+
+def int4_kernel_group(k: int, group_size: int) -> int | None:
+    """Group size the int4 kernel can run with the same weights (None when none fits)."""
+    last = k % group_size or group_size
+    g = math.gcd(group_size, last)
+    return g if g in (32, 64, 128, 256) and k % g == 0 else None
+
+
+def pick_backend(layer: Any, backend: str) -> str:
+    """Resolve `auto` (and check an explicit choice) for this layer on this device."""
+    on_cpu = layer.qweight.device.type == "cpu"
+    if layer.act_quant:
+        ok = on_cpu and layer.bits == 8 and layer.group_size == layer.in_features
+        if backend in ("auto", "w8a8") and ok and "x86" in torch.backends.quantized.supported_engines:
+            return "w8a8"
+        return "dequant"
+    if backend == "auto":
+        if on_cpu and layer.bits <= 4 and _has("_weight_int4pack_mm_for_cpu") and \
+                int4_kernel_group(layer.in_features, layer.group_size) and layer.out_features % 16 == 0:
+            return "int4"
+        per_channel = layer.group_size == layer.in_features
+        if on_cpu and layer.bits == 8 and per_channel and _has("_weight_int8pack_mm"):
+            return "int8"
+        return "dequant"
+    if backend not in ("int4", "int8", "dequant", "w8a8"):
+        raise LmoptError(f"unknown quantized backend '{backend}' (choose auto, int4, int8, w8a8, dequant)")
+    if backend in ("int4", "int8") and pick_backend(layer, "auto") != backend:
+        raise LmoptError(f"backend '{backend}' cannot run a {layer.bits}-bit, group {layer.group_size} layer "
+                         f"({layer.out_features}x{layer.in_features}) on {layer.qweight.device.type}")
+    return backend
+
+
+def build_kernel(layer: Any, backend: str) -> dict[str, torch.Tensor]:
+    """The tensors `run_kernel` needs for `backend` (empty for dequant)."""
+    if backend == "dequant":
+        return {}
+    q = layer.codes()  # (N, K) uint8
+    scale, zero = layer.scales.float(), layer.zeros.float()  # (N, G)
+    if backend == "int4":
+        g = int4_kernel_group(layer.in_features, layer.group_size)
+        k = layer.in_features
+        s = expand_groups(scale, layer.group_size, k)[:, ::g]  # (N, K/g): one entry per kernel group
+        z = expand_groups(zero, layer.group_size, k)[:, ::g]
+        sz = torch.stack([s, (8 - z) * s], dim=-1).transpose(0, 1).contiguous()  # (K/g, N, 2)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
+        return {"weight": packed, "scales_zeros": sz.to(torch.bfloat16), "group": torch.tensor(g)}
+    signed = (q.to(torch.int16) - 128).to(torch.int8)  # (N, K) codes in [-128, 127]
+    if backend == "int8":
+        offset = (zero[:, 0] - 128) * scale[:, 0]  # 0 for symmetric codes
+        kernel = {"weight": signed, "scale": scale[:, 0].to(torch.bfloat16)}
+        return kernel if not offset.any() else {**kernel, "offset": offset}
+    weight = torch._make_per_channel_quantized_tensor(
+        signed.contiguous(), scale[:, 0].double(), (zero[:, 0] - 128).long(), 0)
+    return {"packed": torch.ops.quantized.linear_prepack(weight, None)}
+
+
+def run_kernel(layer: Any, x: torch.Tensor) -> torch.Tensor:
+    """y (M, N) for x (M, K) with the layer's prepared backend (int4, int8 or w8a8)."""
+    kernel = layer._kernel
+    if layer.backend == "int4":
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x.to(torch.bfloat16).contiguous(), kernel["weight"], int(kernel["group"]), kernel["scales_zeros"])
+    if layer.backend == "int8":
+        y = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16).contiguous(), kernel["weight"],
+                                               kernel["scale"])
+        if "offset" in kernel:  # asymmetric codes: (q - z) s = (q - 128) s - (z - 128) s
+            y = y - x.float().sum(-1, keepdim=True) * kernel["offset"]
+        return y
+    return torch.ops.quantized.linear_dynamic(x.float().contiguous(), kernel["packed"], False)
+
+
+def fake_quant_activation(x: torch.Tensor) -> torch.Tensor:
+    """Per-tensor asymmetric uint8 round trip of x: what the w8a8 kernel does to its input."""
+    lo, hi = x.min().clamp(max=0), x.max().clamp(min=0)
+    scale = ((hi - lo) / 255).clamp(min=1e-8)
+    zero = torch.round(-lo / scale)
+    return (torch.clamp(torch.round(x / scale) + zero, 0, 255) - zero) * scale
