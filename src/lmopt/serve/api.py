@@ -52,6 +52,7 @@ def create_app(engine: AsyncEngine, config: ServerConfig | None = None, model_na
         await engine.shutdown(config.drain_timeout_s)
 
     app = FastAPI(title="lmopt", lifespan=lifespan)
+    app.state.engine = engine.engine
     _install_error_handlers(app)
     auth = _auth_dependency(config.api_key)
     front = _Front(engine, config, name)
