@@ -32,6 +32,7 @@ STEP_MODULES: dict[str, str] = {
     "quantize": "lmopt.compress.quantize.step",
     "prune": "lmopt.compress.prune.step",
     "select": "lmopt.select.step",
+    "serve-bench": "lmopt.serve.step",
 }
 
 

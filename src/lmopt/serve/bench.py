@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from lmopt.configs import Config
+from lmopt.errors import LmoptError
 
 
 class LoadConfig(Config):
@@ -116,6 +117,18 @@ async def _one(client: Any, url: str, model: str, job: Job) -> dict[str, Any]:
     return {"ttft": first, "latency": end, "tokens": tokens, "error": error}
 
 
+async def _model_id(client: Any, url: str) -> str:
+    import httpx
+
+    try:
+        resp = await client.get(f"{url}/models")
+    except httpx.HTTPError as exc:
+        raise LmoptError(f"{url}: cannot reach the server ({type(exc).__name__})") from None
+    if resp.status_code != 200:
+        raise LmoptError(f"{url}/models: HTTP {resp.status_code}: {resp.text[:200]}")
+    return resp.json()["data"][0]["id"]
+
+
 async def _run(config: LoadConfig, jobs: list[Job]) -> dict[str, Any]:
     import httpx
 
@@ -124,7 +137,7 @@ async def _run(config: LoadConfig, jobs: list[Job]) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
     limits = httpx.Limits(max_connections=config.concurrency + 4)
     async with httpx.AsyncClient(headers=headers, timeout=config.timeout_s, limits=limits) as client:
-        model = config.model or (await client.get(f"{url}/models")).json()["data"][0]["id"]
+        model = config.model or await _model_id(client, url)
         gate = asyncio.Semaphore(config.concurrency)
         start = time.perf_counter()
 
@@ -163,3 +176,30 @@ def summarize(results: list[dict[str, Any]], wall_s: float, config: LoadConfig) 
 def run_load(config: LoadConfig, tokenizer: Any = None, jobs: list[Job] | None = None) -> dict[str, Any]:
     """Run the load test (blocking) and return the summary dict."""
     return asyncio.run(_run(config, jobs if jobs is not None else make_workload(config, tokenizer)))
+
+
+def generate_baseline(model: Any, tokenizer: Any, jobs: list[Job]) -> dict[str, Any]:
+    """The same workload served one request at a time with transformers `generate` (greedy, fixed lengths)."""
+    import torch
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ttft, latency, tokens = [], [], 0
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for job in jobs:
+            ids = job.prompt if isinstance(job.prompt, list) else tokenizer(job.prompt)["input_ids"]
+            ids_t = torch.tensor([ids])
+            begin = time.perf_counter()
+            out = model.generate(ids_t, attention_mask=torch.ones_like(ids_t), max_new_tokens=job.max_tokens,
+                                 min_new_tokens=job.max_tokens, do_sample=False, pad_token_id=pad)
+            latency.append(time.perf_counter() - begin)
+            tokens += out.shape[1] - len(ids)
+    wall = time.perf_counter() - start
+    # One at a time, request i waits for all before it: its TTFT is at least their total latency.
+    waits = [sum(latency[:i]) for i in range(len(latency))]
+    ttft = [w + lat / max(1, j.max_tokens) for w, lat, j in zip(waits, latency, jobs, strict=True)]
+    return {"engine": "generate one at a time", "requests": len(jobs), "duration_s": round(wall, 2),
+            "output_tokens": tokens, "output_tokens_per_s": round(tokens / wall, 2),
+            "latency_p50_ms": round(percentile(latency, 50) * 1000, 1),
+            "latency_p99_ms": round(percentile(latency, 99) * 1000, 1),
+            "ttft_p99_ms_if_queued": round(percentile(ttft, 99) * 1000, 1)}
