@@ -2,7 +2,7 @@
 
 - Storage: any SQLAlchemy URL Optuna accepts (SQLite file by default; PostgreSQL for workers on many
   machines). Trial numbers are assigned inside the database, so workers never collide.
-- Budget: `n_trials` counts every trial of the study (finished, pruned, running or queued) except
+- Budget: `n_trials` counts every started trial of the study (finished, pruned or running) except
   failed ones that were re-queued, so a resumed study runs only what is left. Workers that finish at
   the same moment may overshoot it by at most `workers - 1` trials.
 - Resume: a trial interrupted by Ctrl-C ends FAIL; one whose process died stops sending heartbeats
@@ -93,12 +93,13 @@ def requeue(study: Any, trial: Any) -> None:
 
 
 def used_trials(study: Any) -> int:
-    """Trials that count against the budget: all but the failed ones that were queued again."""
+    """Trials that count against the budget: started ones, less the failed ones that were queued again."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
-    return sum(1 for t in trials if not (t.state == TrialState.FAIL and t.number in retried))
+    return sum(1 for t in trials if t.state != TrialState.WAITING
+               and not (t.state == TrialState.FAIL and t.number in retried))
 
 
 def run_worker(job: TuneJob, worker: int = 0, on_trial: Any = None) -> None:
