@@ -3,10 +3,11 @@
 A callback is either a plain function `on_eval(step: int, metrics: dict) -> bool | None` or an object
 with `on_eval(step, metrics)` and/or `on_log(step, metrics)` methods. `metrics` of an evaluation holds
 `eval_loss` (token-weighted validation cross-entropy), `eval_ppl`, `eval_tokens`, `step`, `epoch`,
-`tokens` and `train_loss`; a log line holds `loss`, `lr` and `tokens_per_s`. Returning True from
-`on_eval` asks the run to stop after that evaluation (it ends normally, with the best weights so far,
-and `TrainResult.stopped == "callback"`); the final evaluation at the end of a run is reported too,
-but its return value is ignored.
+`tokens` and `train_loss`; a log line (every `log_every` steps) holds `loss`, `lr`, `tokens_per_s` and
+`train_seconds`. Returning True from `on_eval` (or `on_log`) asks the run to stop there: it ends
+normally, with the best weights so far, and `TrainResult.stopped == "callback"`. The final evaluation
+at the end of a run is reported too, but its return value is ignored. Exceptions propagate (raising
+`optuna.TrialPruned` from a callback also works, but then no result is returned).
 
 Optuna pruning in three lines:
 
@@ -48,12 +49,15 @@ class Callbacks:
                 stop = True
         return stop
 
-    def log(self, step: int, metrics: dict[str, Any]) -> None:
+    def log(self, step: int, metrics: dict[str, Any]) -> bool:
+        """Report a log line to every callback with `on_log`; True if any asked to stop."""
         self._print(step, metrics)
+        stop = False
         for cb in self.items:
             fn = getattr(cb, "on_log", None)
-            if fn is not None:
-                fn(step, dict(metrics))
+            if fn is not None and fn(step, dict(metrics)):
+                stop = True
+        return stop
 
     def _print(self, step: int, metrics: dict[str, Any]) -> None:
         if self.quiet:

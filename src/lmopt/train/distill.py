@@ -108,6 +108,8 @@ def distill_loss(
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     out = student(input_ids=ids, attention_mask=mask, output_hidden_states=layers is not None)
     loss = config.alpha * masked_ce(out.logits, labels, config.label_smoothing)
+    if config.alpha >= 1.0 and layers is None:
+        return loss  # plain cross-entropy: the teacher is not needed (the baseline of a comparison)
     if cache is not None:
         rows = batch["index"].cpu()
         values = cache["values"][rows, : ids.shape[1]].to(out.logits.device)

@@ -213,14 +213,11 @@ class _Run:
         config, state = self.config, self.state
         self._tick_wall()
         if state.step % config.log_every == 0:
-            self.callbacks.log(
-                state.step,
-                {
-                    "loss": self._last_loss,
-                    "lr": self.sched.get_last_lr()[0],
+            line = {"loss": self._last_loss, "lr": self.sched.get_last_lr()[0],
                     "tokens_per_s": state.tokens / max(state.train_seconds, 1e-9),
-                },
-            )
+                    "train_seconds": state.train_seconds}
+            if self.callbacks.log(state.step, line):
+                state.stopped = "callback"
         if config.eval_every and state.step % config.eval_every == 0:
             self._evaluate()
         if state.stopped is None and state.step >= self.total:
