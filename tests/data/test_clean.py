@@ -9,14 +9,13 @@ import pytest
 
 from lmopt.data.clean import clean
 from lmopt.data.config import CleanConfig
-from lmopt.data.planted import plant
-from tests.data.conftest import make_doc
+from lmopt.data.planted import plant, synthetic_doc
 
 
 @pytest.fixture
 def corpus(docs, tmp_path):
     rng = random.Random(2)
-    items = [make_doc(rng, sentences=2) for _ in range(10)]
+    items = [synthetic_doc(rng, sentences=2) for _ in range(10)]
     task = tmp_path / "eval.txt"
     task.write_text("\n\n".join(items))
     planted = plant(docs, items, rng, exact=8, near=8, pii=8, contaminated=5, junk_docs=6, edit_rate=0.02)
@@ -37,7 +36,8 @@ def test_planted_problems_are_removed_with_reasons(corpus):
     assert all("<" in kept[i]["text"] for i in planted.pii)
     rep = result.report
     # a near copy that drew no edit is an exact copy
-    assert rep.removed["exact_duplicate"] >= 8 and rep.removed["exact_duplicate"] + rep.removed["near_duplicate"] == 16
+    assert rep.removed["exact_duplicate"] >= 8
+    assert rep.removed["exact_duplicate"] + rep.removed["near_duplicate"] == 16
     assert sum(n for r, n in rep.removed.items() if r.startswith("decontaminate")) == 5
     assert rep.rows_in == len(planted.rows) and rep.rows_out == len(kept)
     assert [s["filter"] for s in rep.stage_counts()][0] == "empty"
@@ -79,6 +79,7 @@ def test_semantic_dedup_plumbing(tiny_dir, docs):
 
 
 def test_strings_in_rows_out_and_no_dedup(docs):
-    result = clean([docs[0], docs[0], "  " + docs[1] + "\u200b "], CleanConfig(workers=1, dedup={"mode": "none"}))
+    cfg = CleanConfig(workers=1, dedup={"mode": "none"})
+    result = clean([docs[0], docs[0], "  " + docs[1] + "\u200b "], cfg)
     assert [r["text"] for r in result.rows] == [docs[0], docs[0], docs[1]]
     assert result.report.rows_normalized == 1

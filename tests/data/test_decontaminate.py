@@ -16,8 +16,8 @@ QUERY = "Which organ of the human body filters the blood and produces urine ever
 def task_file(tmp_path):
     rows = [{"query": f"Question: {QUERY}?\nAnswer:", "choices": ["kidney", "lung"], "gold": 0},
             {"query": "Question: Short one?\nAnswer:", "choices": ["yes", "no"], "gold": 1},
-            {"query": "Question: What colour is a ripe banana in most shops?\nAnswer:", "choices": ["red", "yellow"],
-             "gold": 1}]
+            {"query": "Question: What colour is a ripe banana in most shops?\nAnswer:",
+             "choices": ["red", "yellow"], "gold": 1}]
     path = tmp_path / "task.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     return f"mc:{path}"

@@ -6,8 +6,15 @@ import random
 
 import numpy as np
 
-from lmopt.data.dedup import (NearDeduper, SemanticDeduper, exact_key, jaccard_estimate, lsh_params,
-                              minhash_signature, shingle_hashes)
+from lmopt.data.dedup import (
+    NearDeduper,
+    SemanticDeduper,
+    exact_key,
+    jaccard_estimate,
+    lsh_params,
+    minhash_signature,
+    shingle_hashes,
+)
 from lmopt.data.normalize import canonical_words, ngrams
 from lmopt.data.planted import near_copy
 

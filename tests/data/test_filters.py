@@ -17,7 +17,7 @@ def test_normalize_repairs_unicode_and_whitespace():
 
 
 def test_ngram_hashes_are_positional_and_stable():
-    words = "a b c a b c".split()
+    words = ["a", "b", "c", "a", "b", "c"]
     h = ngram_hashes(words, 3)
     assert len(h) == 4 and h[0] == h[3] and len(set(h.tolist())) == 3
     assert ngram_hashes(["b", "a"], 2)[0] != ngram_hashes(["a", "b"], 2)[0]

@@ -31,7 +31,8 @@ def corpus(tmp_path, docs) -> Path:
 
 
 def test_clean_pubmed_recipe(corpus, tmp_path, data_dir):
-    recipe = _recipe("clean-pubmed", data=str(corpus), workdir=str(tmp_path / "steps"), data_dir=str(data_dir))
+    recipe = _recipe("clean-pubmed", data=str(corpus), workdir=str(tmp_path / "steps"),
+                     data_dir=str(data_dir))
     recipe.steps[0]["clean"]["quality"]["min_words"] = 20
     recipe.steps[0]["clean"].update(decontaminate=["copa"], workers=1)
     summary = run_recipe(recipe, tmp_path, log=lambda *a: None)
@@ -47,8 +48,9 @@ def test_clean_finetune_recipe_feeds_training(corpus, tmp_path, tiny_dir):
     recipe = _recipe("clean-finetune-pubmed", data=str(corpus), model=str(tiny_dir), evaluate=None,
                      workdir=str(tmp_path / "steps"))
     recipe.steps[0]["clean"].update(decontaminate=[], quality={"min_words": 20}, workers=1)
-    recipe.steps[1]["finetune"].update(max_steps=2, seq_len=32, batch_size=2, eval_every=None, save_every=None,
-                                       max_minutes=None, mixed_precision="no", max_val_batches=1, warmup_steps=0)
+    recipe.steps[1]["finetune"].update(max_steps=2, seq_len=32, batch_size=2, eval_every=None,
+                                       save_every=None, max_minutes=None, mixed_precision="no",
+                                       max_val_batches=1, warmup_steps=0)
     summary = run_recipe(recipe, tmp_path, log=lambda *a: None)
     assert summary["steps"][0]["metrics"]["rows_out"] == 13
     assert Path(summary["steps"][1]["model"]).is_dir()
@@ -96,5 +98,6 @@ def test_cli_bad_input_is_one_line_error(tmp_path):
     bad.write_text("dedup: {mode: fuzzy}\n")
     (tmp_path / "in.txt").write_text("hello")
     with pytest.raises(SystemExit) as exc:
-        main(["data", "clean", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.jsonl"), "--config", str(bad)])
+        main(["data", "clean", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.jsonl"),
+              "--config", str(bad)])
     assert exc.value.code == 2

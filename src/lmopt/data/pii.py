@@ -37,7 +37,8 @@ _BEARER = re.compile(r"(?i)\bAuthorization:\s*Bearer\s+(?P<value>[A-Za-z0-9._~+/
 _KEY = re.compile("|".join(f"(?:{p})" for p in _KEY_PATTERNS))
 # Cheap literal pre-checks: most text has none of these, and the full patterns are the slow part.
 _MAYBE_KEY = re.compile(r"AKIA|ASIA|gh[pousr]_|github_pat_|xox|\bsk-|k_live_|k_test_|AIza|eyJ|hf_|-----BEGIN")
-_MAYBE_ASSIGNED = re.compile(r"(?i)(?:pass|pwd|secret|key|token|bearer)\w*[\"']?\s*(?:[:=]|=>)|Authorization:")
+_MAYBE_ASSIGNED = re.compile(r"(?i)(?:pass|pwd|secret|key|token|bearer)\w*[\"']?\s*(?:[:=]|=>)"
+                             r"|Authorization:")
 _MAYBE_IPV6 = re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f]{0,4}:")
 _EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
                     r"\.[A-Za-z]{2,}\b")

@@ -103,6 +103,23 @@ def junk(rng: random.Random, words: list[str]) -> tuple[str, str]:
     return kind, "Lorem ipsum dolor sit amet, " + " ".join(rng.choices(words, k=80))
 
 
+_STOP = ["the", "of", "and", "to", "with", "that", "in", "a", "was", "for"]
+_NOUNS = [f"{a}{b}" for a in ("cell", "gene", "dose", "trial", "tumor", "group", "blood", "heart", "liver",
+                              "brain", "bone", "skin", "lung", "renal", "serum", "tissue")
+          for b in ("", "s", "al", "ic", "ity", "ome", "osis", "itis", "ase", "ine")]
+_VERBS = ["increased", "reduced", "showed", "measured", "compared", "predicted", "improved", "caused"]
+
+
+def synthetic_doc(rng: random.Random, sentences: int = 8) -> str:
+    """An English-like document of 10-word sentences from 160 nouns; two such documents share few 3-grams."""
+    out = []
+    for _ in range(sentences):
+        n, s, v = (lambda: rng.choice(_NOUNS)), (lambda: rng.choice(_STOP)), (lambda: rng.choice(_VERBS))
+        words = [n(), v(), s(), n(), s(), n(), s(), n(), v(), n()]
+        out.append(" ".join(words).capitalize() + ".")
+    return " ".join(out)
+
+
 @dataclass
 class Planted:
     rows: list[dict] = field(default_factory=list)
