@@ -60,7 +60,8 @@ def test_sequential_sparsegpt_uses_each_linears_own_inputs():
         return hook
 
     layer0 = dense.model.model.layers[0]
-    hooks = [layer0.get_submodule(n).register_forward_pre_hook(keep(n)) for n in ("self_attn.q_proj", "mlp.down_proj")]
+    names = ("self_attn.q_proj", "mlp.down_proj")
+    hooks = [layer0.get_submodule(n).register_forward_pre_hook(keep(n)) for n in names]
     with torch.no_grad():
         dense.model(input_ids=x)
     for h in hooks:
@@ -81,6 +82,8 @@ def test_step_config_names_wrong_fields():
         PruneStepConfig.parse({"method": "wanda", "mlp": 0.25}, where="r.yaml: steps.0.prune")
     with pytest.raises(LmoptError, match="pattern"):
         PruneStepConfig.parse({"method": "sparsegpt", "pattern": "4:2"})
+    with pytest.raises(LmoptError, match="recover: only structured"):
+        PruneStepConfig.parse({"method": "wanda", "recover": {}})
     with pytest.raises(LmoptError, match="calibration"):
         prune(tiny_llama().model, WandaConfig())  # no tokenizer, no windows
 
@@ -98,12 +101,16 @@ def test_shipped_recipes_run_on_the_tiny_model(name, tiny_dir, tmp_path):
         step["prune"]["calibration"] = {"n_samples": 4, "seq_len": 64}
         if step["prune"].get("layers"):
             step["prune"]["layers"] = 1  # the tiny model has 2
+        if step["prune"].get("recover"):
+            step["prune"]["recover"]["distill"] = {"max_steps": 2, "seq_len": 32, "batch_size": 2}
     summary = run_recipe(Recipe.parse(raw), tmp_path, log=lambda m: None)
     metrics = summary["steps"][0]["metrics"]
     assert metrics["parameters_after"] <= metrics["parameters_before"]
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert sum(p.numel() for p in model.parameters()) == metrics["parameters_after"]
     assert len(summary["evaluation"]) == 2  # before and after
+    if "recover" in raw["steps"][0]["prune"]:
+        assert metrics["recovery"]["steps"] == 2 and metrics["recovery"]["teacher"]
     card = json.loads((tmp_path / "out" / "lmopt.json").read_text())
     assert card["step"] == "prune" and card["config"]["method"] == raw["steps"][0]["prune"]["method"]
 

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from lmopt.compress.calibration import CalibrationConfig
+from lmopt.compress.prune.recovery import RecoveryConfig
 from lmopt.configs import Config
 
 
@@ -121,15 +122,21 @@ class PruneStepConfig(Config):
     importance: Literal["activation", "taylor"] | None = None
     refit: bool | None = None
     round_to: int | None = None
+    recover: RecoveryConfig | None = None
+    """Structured only: distill the unpruned model into the pruned one afterwards (None = no recovery)."""
 
     @model_validator(mode="after")
     def _check_fields(self) -> PruneStepConfig:
         self.method_config()
+        if self.recover is not None and self.method != "structured":
+            raise ValueError("recover: only structured pruning is recovered "
+                             "(training would refill the zeros)")
         return self
 
     def method_config(self) -> PruneMethodConfig:
         """The typed config of `method` built from the fields that were set."""
-        fields = {k: v for k, v in self.model_dump(exclude_none=True).items() if k != "method"}
+        own = self.model_dump(exclude_none=True).items()
+        fields = {k: v for k, v in own if k not in ("method", "recover")}
         cls = METHOD_CONFIGS[self.method]
         try:
             return cls.model_validate(fields)
