@@ -35,11 +35,15 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:  # heavy modules load on first use, keeping `import lmopt` instant
-    if name in _LAZY:
-        import importlib
+    if name not in _LAZY:
+        raise AttributeError(name)
+    import importlib
+    import sys
 
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        # importing lmopt.train.finetune bound the *module* to this name; the function wins
-        globals()[name] = value
-        return value
-    raise AttributeError(name)
+    importlib.import_module(_LAZY[name])
+    # importing lmopt.train.finetune binds the *module* to the package attribute `finetune` (same for
+    # distill): every verb whose module is loaded now gets its function bound instead.
+    for verb, module in _LAZY.items():
+        if module in sys.modules:
+            globals()[verb] = getattr(sys.modules[module], verb)
+    return globals()[name]

@@ -150,11 +150,9 @@ def distill(
     """
     import tempfile
 
-    from accelerate import PartialState
-
     from lmopt.models import LoadedModel
     from lmopt.train.finetune import prepare_model
-    from lmopt.train.loop import train_loop
+    from lmopt.train.loop import train_loop, training_device
 
     config = config or DistillConfig()
     check_vocab(teacher, student)
@@ -165,7 +163,7 @@ def distill(
         )
     prepared = prepare_data(data, student.tokenizer, config, val_data)
     pad_id = student.tokenizer.pad_token_id if student.tokenizer.pad_token_id is not None else 0
-    device = PartialState().device
+    device = training_device()
     t_model = teacher.model.to(device).eval().requires_grad_(False)
     run_path = Path(run_dir) if run_dir else None
     cache = None

@@ -49,6 +49,18 @@ class LoopOutcome:
     peak_memory_mb: float
 
 
+def training_device() -> Any:
+    """The device of this process: its GPU under a multi-GPU launch, else cuda:0 or the CPU.
+
+    `cpu=True` without a GPU is what lets accelerate see a `torchrun`/`accelerate launch` of several
+    CPU processes (DDP over gloo); a single process is unaffected.
+    """
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available()).device
+
+
 def autocast(config: Any, device: Any) -> Any:
     import torch
 
@@ -134,7 +146,9 @@ class _Run:
         from accelerate import Accelerator
 
         torch.manual_seed(config.seed)
-        self.acc = Accelerator()
+        # step_scheduler_with_optimizer=False: our schedule counts optimizer steps of the sharded loader;
+        # accelerate would otherwise step it num_processes times per step (ending it early under DDP).
+        self.acc = Accelerator(cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False)
         self.config, self.loss_fn, self.collate, self.callbacks = config, loss_fn, collate, callbacks
         self.train, self.run_dir, self.label = train, run_dir, label
         self.val_loader = epoch_loader(self.acc, val, config, 0, collate, shuffle=False) if val else None
