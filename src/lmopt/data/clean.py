@@ -21,7 +21,7 @@ from lmopt.data.config import CleanConfig
 from lmopt.data.decontaminate import EvalIndex, build_index
 from lmopt.data.filters import quality_reason, strip_boilerplate
 from lmopt.data.load import Record, RecordStream, open_records
-from lmopt.data.normalize import normalize_text
+from lmopt.data.normalize import canonical_words, normalize_text, word_hashes
 from lmopt.data.parallel import map_chunks
 from lmopt.data.pii import scrub_pii
 from lmopt.data.report import CleanReport
@@ -70,16 +70,19 @@ def process_record(rec: Record, cfg: CleanConfig, index: EvalIndex | None) -> Pr
     if cfg.quality.enabled and (rule := quality_reason(text, cfg.quality)):
         out.reason = "quality:" + rule
         return out
-    if index is not None and (name := index.match(text)):
+    words = word_hashes(canonical_words(text))  # shared by decontamination and MinHash
+    if index is not None and (name := index.match(text, words)):
         out.reason, out.detail = "decontaminate:" + name, f"shares a {index.n}-gram with {name}"
         return out
     if cfg.pii.enabled:
         rec.text, out.pii = scrub_pii(text, cfg.pii.kinds, cfg.pii.placeholder)
+        if out.pii:
+            words = word_hashes(canonical_words(rec.text))
     if cfg.dedup.mode != "none":
         out.key = exact_key(rec.text)
     if cfg.dedup.mode in ("near", "semantic"):
         d = cfg.dedup
-        out.signature = minhash_signature(rec.text, d.ngram, d.num_perm, d.seed)
+        out.signature = minhash_signature(rec.text, d.ngram, d.num_perm, d.seed, words)
     return out
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lmopt.data.normalize import canonical_words, ngram_hashes
+from lmopt.data.normalize import canonical_words, ngram_hashes, word_hashes
 
 
 def exact_key(text: str) -> bytes:
@@ -35,18 +35,23 @@ def _permutations(num_perm: int, seed: int) -> Any:
     return template.permutations, template.scheme
 
 
-def shingle_hashes(text: str, ngram: int = 3) -> np.ndarray:
-    """Distinct 32-bit hashes of the canonical-word `ngram` shingles of `text` (fewer words: one shingle)."""
-    return np.unique(ngram_hashes(canonical_words(text), ngram) >> np.uint64(32))
+def shingle_hashes(text: str, ngram: int = 3, words: np.ndarray | None = None) -> np.ndarray:
+    """Distinct 32-bit hashes of the canonical-word `ngram` shingles of `text` (fewer words: one shingle).
+
+    `words`: the `word_hashes` of `canonical_words(text)`, when the caller has them already.
+    """
+    words = word_hashes(canonical_words(text)) if words is None else words
+    return np.unique(ngram_hashes(words, ngram) >> np.uint64(32))
 
 
-def minhash_signature(text: str, ngram: int = 3, num_perm: int = 128, seed: int = 1) -> np.ndarray:
+def minhash_signature(text: str, ngram: int = 3, num_perm: int = 128, seed: int = 1,
+                      words: np.ndarray | None = None) -> np.ndarray:
     """(num_perm,) uint32 datasketch MinHash signature of the word-`ngram` shingle set of `text`."""
     from datasketch import MinHash
 
     perms, scheme = _permutations(num_perm, seed)
     mh = MinHash(num_perm=num_perm, seed=seed, hashfunc=int, permutations=perms, scheme=scheme)
-    hashes = shingle_hashes(text, ngram)
+    hashes = shingle_hashes(text, ngram, words)
     if len(hashes):
         mh.update_batch(hashes.tolist())
     return mh.hashvalues.astype(np.uint32, copy=False)  # datasketch's affine32 scheme: 32-bit values

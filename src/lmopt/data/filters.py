@@ -29,11 +29,15 @@ REPETITION = {"dup_line_frac": 0.30, "dup_para_frac": 0.30, "dup_line_char_frac"
 BOILERPLATE = re.compile(r"terms of use|privacy policy|cookie policy|uses cookies|use of cookies|use cookies|"
                          r"enable javascript|javascript is disabled|javascript must be enabled|"
                          r"all rights reserved", re.IGNORECASE)
+_BOILERPLATE_TRIGGERS = ("terms of use", "privacy policy", "cookie", "javascript", "all rights reserved")
 _SYMBOL_WORD = re.compile(r"^[^\w]+$")
 
 
 def strip_boilerplate(text: str) -> tuple[str, int]:
     """Drop C4 boilerplate lines; return the text and how many lines went."""
+    low = text.lower()
+    if not any(t in low for t in _BOILERPLATE_TRIGGERS):
+        return text, 0  # the common case, without a regex pass per line
     lines = text.split("\n")
     kept = [line for line in lines if not BOILERPLATE.search(line)]
     return "\n".join(kept).strip(), len(lines) - len(kept)
