@@ -5,7 +5,6 @@ Each backend turns the stored codes into the layout its kernel wants, once, in `
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -19,10 +18,13 @@ def _has(op: str) -> bool:
 
 
 def int4_kernel_group(k: int, group_size: int) -> int | None:
-    """Group size the int4 kernel can run with the same weights (None when none fits)."""
+    """Largest group size the int4 kernel takes that splits every one of our groups (the shorter
+    last one too), so repeating each scale gives the same weights; None when none does."""
     last = k % group_size or group_size
-    g = math.gcd(group_size, last)
-    return g if g in (32, 64, 128, 256) and k % g == 0 else None
+    for g in (256, 128, 64, 32):
+        if group_size % g == 0 and last % g == 0:
+            return g
+    return None
 
 
 def pick_backend(layer: Any, backend: str) -> str:

@@ -12,7 +12,7 @@ import torch
 
 def packed_width(k: int, bits: int) -> int:
     """Bytes per packed row of k values."""
-    return (k + 7) // 8 * bits
+    return k if bits == 8 else (k + 7) // 8 * bits
 
 
 def pack_bits(q: torch.Tensor, bits: int) -> torch.Tensor:

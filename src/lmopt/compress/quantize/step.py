@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 from lmopt.compress.calibration import CalibrationConfig
 from lmopt.compress.quantize.config import METHOD_CONFIGS, WeightQuantConfig
 from lmopt.configs import Config
+from lmopt.errors import LmoptError
 from lmopt.pipeline.steps import StepContext, StepResult, register_step
 
 STEP_ONLY = {"method", "calibration", "export_hf", "batch_size"}
@@ -57,7 +58,10 @@ class QuantizeStepConfig(Config):
 
     @model_validator(mode="after")
     def _check_method_fields(self) -> QuantizeStepConfig:
-        self.method_config()  # a field of another method, or a bad value: one clear error now
+        try:  # a field of another method, or a bad value: one clear error now
+            self.method_config()
+        except LmoptError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
 

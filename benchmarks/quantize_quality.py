@@ -1,0 +1,70 @@
+"""Quality, size and cost of quantizing the embedded model: one configuration per run.
+
+Run: python benchmarks/quantize_quality.py --method gptq --bits 4 --group-size 128 --out DIR
+     (a driver loops over configurations; each run is its own process so peak RSS is its own)
+Perplexity: WikiText-2 raw test, the foundation's protocol (`lmopt.evaluate.perplexity`), seq_len
+2048, the first `--windows` windows, fp32 activations with the exact de-quantized weights.
+Prints a table row and a final JSON line; saves the packed model to --out for quantize_speed.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--method", default="gptq", choices=["fp32", "rtn", "gptq", "awq", "w8a8"])
+    parser.add_argument("--bits", type=int, default=4)
+    parser.add_argument("--group-size", type=int, default=128)
+    parser.add_argument("--lm-head-bits", type=int, default=8, help="0 keeps the lm_head in fp32")
+    parser.add_argument("--n-samples", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--windows", type=int, default=8)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    import torch
+
+    from lmopt.compress.calibration import CalibrationConfig
+    from lmopt.compress.quantize import quantize, save_quantized
+    from lmopt.compress.quantize.config import METHOD_CONFIGS
+    from lmopt.data import wikitext2_text
+    from lmopt.evaluate.perplexity import perplexity
+    from lmopt.evaluate.speed import peak_rss_mb, size_on_disk_mb
+    from lmopt.hardware import apply_threads
+    from lmopt.models import load_model
+
+    apply_threads()
+    loaded = load_model("smollm2-135m-instruct", dtype="float32")
+    rss_loaded = peak_rss_mb()
+    row = {"method": args.method, "bits": 32 if args.method == "fp32" else args.bits,
+           "group_size": args.group_size, "lm_head_bits": args.lm_head_bits or None}
+    if args.method != "fp32":
+        fields = {"bits": args.bits, "group_size": args.group_size, "lm_head_bits": args.lm_head_bits or None}
+        config = METHOD_CONFIGS[args.method](**fields)
+        calib = CalibrationConfig(n_samples=args.n_samples, seq_len=args.seq_len)
+        report = quantize(loaded.model, config, calib, loaded.tokenizer)
+        row.update(quantize_seconds=report["seconds"], peak_rss_mb=round(peak_rss_mb(), 1),
+                   rss_model_loaded_mb=round(rss_loaded, 1), lm_head=report["lm_head"],
+                   calibration_tokens=report.get("calibration_tokens", 0))
+        if args.out:
+            save_quantized(loaded.model, loaded.tokenizer, args.out)
+            row["size_on_disk_mb"] = size_on_disk_mb(args.out)
+    else:
+        row["size_on_disk_mb"] = size_on_disk_mb(loaded.path)
+    started = time.time()
+    with torch.no_grad():
+        ppl = perplexity(loaded.model, loaded.tokenizer, wikitext2_text(args.data_dir), seq_len=2048,
+                         limit=args.windows)
+    row.update(wikitext2_ppl=round(ppl["perplexity"], 4), windows=ppl["windows"], tokens=ppl["tokens"],
+               eval_seconds=round(time.time() - started, 1))
+    print(" | ".join(f"{k}={v}" for k, v in row.items()))
+    print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Pure quantization math on toy layers: grids, packing, GPTQ and AWQ against RTN, brute force checks."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from lmopt.compress.quantize import algorithms as alg
+from lmopt.compress.quantize.packing import pack_bits, packed_width, unpack_bits
+
+
+def _toy(k: int = 96, n: int = 40, tokens: int = 512, seed: int = 0):
+    """Correlated inputs with a few outlier channels (what real activations look like)."""
+    gen = torch.Generator().manual_seed(seed)
+    mix = torch.randn(k, k, generator=gen) / k ** 0.5
+    x = torch.randn(tokens, k, generator=gen) @ (torch.eye(k) + mix)
+    x[:, :3] *= 8
+    return x, torch.randn(n, k, generator=gen) * 0.1
+
+
+@pytest.mark.parametrize("bits,group,sym", [(4, 32, False), (3, 40, False), (8, 0, True), (4, 0, True)])
+def test_rtn_is_nearest_grid_point(bits, group, sym):
+    """Brute force: every code is the nearest of all 2^bits levels of its group's grid."""
+    _, w = _toy(k=100)
+    qw = alg.rtn_quantize(w, bits, group, sym)
+    g = qw.group_size
+    assert qw.scale.shape == (40, -(-100 // g))  # ceil: a shorter last group when g does not divide 100
+    scale, zero = alg.expand_groups(qw.scale, g, 100), alg.expand_groups(qw.zero, g, 100)
+    levels = torch.arange(2 ** bits).float()
+    values = (levels.view(1, 1, -1) - zero.unsqueeze(-1)) * scale.unsqueeze(-1)  # (N, K, levels)
+    nearest = (values - w.unsqueeze(-1)).abs().argmin(-1)
+    assert (nearest.float() - qw.q.float()).abs().max() <= 1  # ties/clamping only
+    assert (qw.dequantize() - w).abs().max() <= scale.max() * 0.5001 + 1e-6 or bits == 8
+
+
+def test_short_last_group_has_its_own_grid():
+    w = torch.randn(4, 576)
+    w[:, 512:] *= 0.01  # the 64-wide last group of 128-groups: tiny values
+    qw = alg.rtn_quantize(w, 4, 128)
+    assert qw.scale.shape == (4, 5)
+    assert (qw.scale[:, 4] < qw.scale[:, :4].min() / 10).all()
+    assert (qw.dequantize()[:, 512:] - w[:, 512:]).abs().max() < 0.01 * w.abs().max()
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_packing_round_trip_and_size(bits):
+    q = torch.randint(0, 2 ** bits, (7, 45), dtype=torch.uint8)
+    packed = pack_bits(q, bits)
+    assert packed.shape == (7, packed_width(45, bits)) and packed.dtype == torch.uint8
+    assert torch.equal(unpack_bits(packed, bits, 45), q)
+
+
+def test_hessian_accumulates_the_mean_outer_product():
+    x = torch.randn(3, 50, 16)
+    h, n = None, 0
+    for part in x:
+        h, n = alg.accumulate_hessian(h, n, part)
+    flat = x.reshape(-1, 16)
+    torch.testing.assert_close(h, 2 * flat.t() @ flat / 150, rtol=1e-4, atol=1e-4)
+    assert n == 150
+
+
+@pytest.mark.parametrize("bits,group,act_order", itertools.product([4, 3], [32, 0], [False, True]))
+def test_gptq_output_error_below_rtn(bits, group, act_order):
+    x, w = _toy()
+    h, _ = alg.accumulate_hessian(None, 0, x)
+    rtn = alg.output_error(x, w, alg.rtn_quantize(w, bits, group).dequantize())
+    gptq = alg.gptq_quantize(w, h, bits, group, block_size=32, act_order=act_order)
+    assert alg.output_error(x, w, gptq.dequantize()) < 0.8 * rtn
+    assert gptq.q.max() < 2 ** bits and gptq.scale.shape == alg.rtn_quantize(w, bits, group).scale.shape
+
+
+def test_gptq_with_identity_hessian_is_rtn():
+    """With uncorrelated unit inputs nothing can be compensated: GPTQ must round like RTN."""
+    _, w = _toy()
+    gptq = alg.gptq_quantize(w, torch.eye(96), 4, 32, damp=1e-6)
+    assert torch.equal(gptq.q, alg.rtn_quantize(w, 4, 32).q)
+
+
+def test_awq_output_error_below_rtn_and_loss_is_exact():
+    x, w = _toy()
+    x_mean, (h, _) = x.abs().mean(0), alg.accumulate_hessian(None, 0, x)
+    scales, loss = alg.awq_search_scales(x_mean, h / 2, [w], 4, 32)
+    w_awq = alg.rtn_quantize(w * scales, 4, 32).dequantize() / scales
+    # the Hessian shortcut equals the brute-force output error (per output row)
+    assert loss == pytest.approx(alg.output_error(x, w, w_awq), rel=1e-3)
+    rtn = alg.output_error(x, w, alg.rtn_quantize(w, 4, 32).dequantize())
+    assert alg.output_error(x, w, w_awq) < 0.9 * rtn
+
+
+def test_smoothquant_moves_outliers_into_weights():
+    x, w = _toy()
+    s = alg.smoothquant_scales(x.abs().amax(0), [w], alpha=0.5)
+    torch.testing.assert_close((x / s) @ (w * s).t(), x @ w.t(), rtol=1e-4, atol=1e-4)
+    spread = lambda t: float(t.abs().amax(0).max() / t.abs().amax(0).median())  # noqa: E731
+    assert spread(x / s) < spread(x) / 2
