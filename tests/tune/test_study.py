@@ -134,3 +134,20 @@ def test_bad_jobs_fail_before_any_trial(tmp_path):
         run_job(TuneJob(target="quantize", space=SPACE), log=lambda m: None)
     with pytest.raises(LmoptError, match="objective 'nope': the toy-regression step returned no such metric"):
         run_job(toy_job(tmp_path, objectives=["nope"]), log=lambda m: None)
+
+
+def test_a_trial_whose_worker_died_is_failed_and_replayed(tmp_path):
+    import time
+
+    job = toy_job(tmp_path, n_trials=2, pruner="none", heartbeat_s=1)
+    study = open_study(job)
+    dead = study.ask({"optim.lr": optuna.distributions.FloatDistribution(1e-4, 1.0, log=True),
+                      "hidden": optuna.distributions.CategoricalDistribution([4, 8, 16, 32])})
+    study._storage.record_heartbeat(dead._trial_id)  # its worker sent one heartbeat, then was killed
+    time.sleep(4.5)  # > grace period (4 x heartbeat_s)
+    result = run_job(job, log=lambda m: None)
+    trials = open_study(job).trials
+    assert trials[0].state == optuna.trial.TrialState.FAIL
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == 0]
+    assert len(retry) == 1 and retry[0].params == trials[0].params
+    assert result.counts == {"fail": 1, "complete": 2}

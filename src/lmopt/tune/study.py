@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -146,8 +147,14 @@ def run_workers(job: TuneJob, progress: Any = None) -> None:
             if progress is not None:
                 progress()
     except KeyboardInterrupt:
+        deadline = time.time() + 5  # a terminal's Ctrl-C reached them too: give them time to stop
+        while time.time() < deadline and any(p.poll() is None for p in procs):
+            time.sleep(0.2)
+        for p in procs:  # a signal sent to this process alone did not reach them
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
         for p in procs:
-            p.wait(timeout=60)  # the terminal sent them SIGINT too: they fail their trial and exit
+            p.wait(timeout=120)  # each fails its running trial (re-queued on resume) and exits
         raise
     failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode != 0]
     if failed:
