@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from lmopt.serve.attention import apply_rotary, decode_attention, prefill_attention, reference_attention
+from lmopt.serve.attention import (
+    apply_rotary,
+    decode_attention,
+    decode_mask,
+    prefill_attention,
+    prefill_mask,
+    reference_attention,
+    rotary_tables,
+)
 
 
 def _qkv(t: int, length: int, heads: int = 6, kv_heads: int = 2, d: int = 16, seed: int = 0):
@@ -18,7 +26,7 @@ def _qkv(t: int, length: int, heads: int = 6, kv_heads: int = 2, d: int = 16, se
 def test_prefill_attention_matches_brute_force_with_and_without_cached_prefix() -> None:
     for start in (0, 5):
         q, k, v = _qkv(7, start + 7)
-        out = prefill_attention(q, k, v, start, scale=0.25)
+        out = prefill_attention(q, k, v, prefill_mask(start, 7, groups=3), scale=0.25)
         torch.testing.assert_close(out, reference_attention(q, k, v, start, 0.25), atol=1e-5, rtol=1e-5)
 
 
@@ -30,7 +38,8 @@ def test_decode_attention_rows_at_different_lengths_match_each_sequence_alone() 
         q, k, v = _qkv(1, span, seed=i)
         k[:, n:] = 1e4  # garbage past a row's length must be masked out
         qs.append(q[0]), ks.append(k), vs.append(v)
-    out = decode_attention(torch.stack(qs), torch.stack(ks), torch.stack(vs), torch.tensor(lengths), 0.25)
+    mask = decode_mask(torch.tensor(lengths), span)
+    out = decode_attention(torch.stack(qs), torch.stack(ks), torch.stack(vs), mask, 0.25)
     for i, n in enumerate(lengths):
         ref = reference_attention(qs[i][None], ks[i][:, :n], vs[i][:, :n], n - 1, 0.25)[0]
         torch.testing.assert_close(out[i], ref, atol=1e-5, rtol=1e-5)
@@ -46,5 +55,6 @@ def test_rotary_matches_transformers() -> None:
     # HF layout: (batch, heads, seq, D) with cos/sin (batch, seq, D)
     ref_q, ref_k = apply_rotary_pos_emb(q.transpose(0, 1)[None], k.transpose(0, 1)[None],
                                         cos[None], sin[None])
-    torch.testing.assert_close(apply_rotary(q, cos, sin), ref_q[0].transpose(0, 1))
-    torch.testing.assert_close(apply_rotary(k, cos, sin), ref_k[0].transpose(0, 1))
+    tables = rotary_tables(cos, sin)
+    torch.testing.assert_close(apply_rotary(q, *tables), ref_q[0].transpose(0, 1))
+    torch.testing.assert_close(apply_rotary(k, *tables), ref_k[0].transpose(0, 1))

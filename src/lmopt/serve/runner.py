@@ -18,9 +18,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from lmopt.errors import LmoptError
-from lmopt.serve.attention import apply_rotary, decode_attention, prefill_attention
+from lmopt.serve.attention import (
+    apply_rotary,
+    decode_attention,
+    decode_mask,
+    prefill_attention,
+    prefill_mask,
+    rotary_tables,
+)
 from lmopt.serve.kv_cache import KVCache, bytes_per_token
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -79,6 +87,11 @@ class ModelRunner:
         self.dtype = self.embed.weight.dtype
         self.device = self.embed.weight.device
         self.max_positions = getattr(config, "max_position_embeddings", None)
+        norms = [self.norm]
+        for layer in self.layers:
+            norms += [layer.input_layernorm, layer.post_attention_layernorm]
+        self.fused_norm = all(type(m).__name__.endswith("RMSNorm") and hasattr(m, "variance_epsilon")
+                              for m in norms)
 
     def token_bytes(self) -> int:
         return bytes_per_token(len(self.layers), self.kv_heads, self.head_dim, self.dtype)
@@ -92,68 +105,78 @@ class ModelRunner:
         """Run one iteration; returns float32 logits (len(logit_rows), vocab)."""
         dev = self.device
         tokens = torch.tensor(inp.tokens, dtype=torch.long, device=dev)
-        positions = torch.tensor(inp.positions, dtype=torch.long, device=dev)
-        slots = torch.tensor(inp.slots, dtype=torch.long, device=dev)
         x = self.embed(tokens)  # (N, hidden)
-        cos, sin = self.rotary(x, positions[None])  # (1, N, D) each
-        rope = (cos[0], sin[0])
-        ctx = _DecodeContext.build(inp, positions, slots)
+        step = _Step.build(inp, x, self.rotary, self.num_heads // self.kv_heads)
         for i, layer in enumerate(self.layers):
-            h = layer.input_layernorm(x)
-            x = x + self._attention(i, layer.self_attn, h, rope, inp, ctx, cache)
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            x = x + self._attention(i, layer.self_attn, self._norm(layer.input_layernorm, x), step, cache)
+            x = x + layer.mlp(self._norm(layer.post_attention_layernorm, x))
         rows = torch.tensor(inp.logit_rows, dtype=torch.long, device=dev)
-        return self.lm_head(self.norm(x.index_select(0, rows))).float()
+        return self.lm_head(self._norm(self.norm, x.index_select(0, rows))).float()
 
-    def _attention(self, layer_idx: int, attn: Any, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                   inp: StepInputs, ctx: _DecodeContext, cache: KVCache) -> torch.Tensor:
+    def _norm(self, module: Any, x: torch.Tensor) -> torch.Tensor:
+        # fp32: torch's fused RMSNorm gives HF's result exactly in 1 op instead of 8. bf16: HF's
+        # module (it normalizes in fp32, then scales in bf16; the fused op would round differently).
+        if self.fused_norm and x.dtype == torch.float32:
+            return F.rms_norm(x, module.weight.shape, module.weight, module.variance_epsilon)
+        return module(x)
+
+    def _attention(self, layer_idx: int, attn: Any, h: torch.Tensor, step: _Step,
+                   cache: KVCache) -> torch.Tensor:
         n, d = h.shape[0], self.head_dim
         q = attn.q_proj(h).view(n, -1, d)  # (N, H, D)
         k = attn.k_proj(h).view(n, -1, d)  # (N, KVH, D)
         v = attn.v_proj(h).view(n, -1, d)
         if hasattr(attn, "q_norm"):  # qwen3 normalizes q and k per head before the rotation
             q, k = attn.q_norm(q), attn.k_norm(k)
-        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        cache.write(layer_idx, ctx.slots, ctx.positions, k, v)
+        q, k = apply_rotary(q, *step.rope), apply_rotary(k, *step.rope)
+        cache.write(layer_idx, step.slots, step.positions, k, v)
         kc, vc = cache.k[layer_idx], cache.v[layer_idx]
-        out = torch.empty_like(q)
-        b = inp.num_decode
-        if b:
-            kd, vd = ctx.decode_kv(kc, vc)
-            out[:b] = decode_attention(q[:b], kd, vd, ctx.lengths, self.scale)
-        for seg in inp.segments:
+        parts = []
+        if step.num_decode:
+            kd, vd = step.decode_kv(kc, vc)
+            parts.append(decode_attention(q[:step.num_decode], kd, vd, step.decode_mask, self.scale))
+        for seg, mask in zip(step.segments, step.segment_masks, strict=True):
             end = seg.start + seg.length
-            rows = slice(seg.offset, seg.offset + seg.length)
-            out[rows] = prefill_attention(q[rows], kc[seg.slot, :, :end], vc[seg.slot, :, :end],
-                                          seg.start, self.scale)
-        return attn.o_proj(out.view(n, -1))
+            parts.append(prefill_attention(q[seg.offset:seg.offset + seg.length], kc[seg.slot, :, :end],
+                                           vc[seg.slot, :, :end], mask, self.scale))
+        out = parts[0] if len(parts) == 1 else torch.cat(parts)  # (N, H, D), in flat-batch order
+        return attn.o_proj(out.reshape(n, -1))
 
 
 @dataclass
-class _DecodeContext:
-    """Per-iteration tensors shared by every layer: where tokens go and what decode rows read."""
+class _Step:
+    """Per-iteration tensors shared by every layer: where tokens go, rotary tables, masks."""
 
     positions: torch.Tensor
     slots: torch.Tensor
-    lengths: torch.Tensor | None
+    rope: tuple[torch.Tensor, torch.Tensor]
+    num_decode: int
+    decode_mask: torch.Tensor | None
     decode_slots: torch.Tensor | None
     span: int
     contiguous: bool
+    segments: list[Segment]
+    segment_masks: list[torch.Tensor]
 
     @classmethod
-    def build(cls, inp: StepInputs, positions: torch.Tensor, slots: torch.Tensor) -> _DecodeContext:
-        b = inp.num_decode
-        if not b:
-            return cls(positions, slots, None, None, 0, True)
-        lengths = positions[:b] + 1
+    def build(cls, inp: StepInputs, x: torch.Tensor, rotary: Any, groups: int) -> _Step:
+        dev = x.device
+        positions = torch.tensor(inp.positions, dtype=torch.long, device=dev)
+        slots = torch.tensor(inp.slots, dtype=torch.long, device=dev)
+        cos, sin = rotary(x, positions[None])  # (1, N, D) each, HF's own rotary (any rope scaling)
+        b, span, mask = inp.num_decode, 0, None
+        if b:
+            span = max(inp.positions[:b]) + 1
+            mask = decode_mask(positions[:b] + 1, span)
+        masks = [prefill_mask(s.start, s.length, groups, dev) for s in inp.segments]
         # Compact slots usually put decode rows at 0..b-1: then K/V is a view, not a gather copy.
         contiguous = inp.slots[:b] == list(range(b))
-        return cls(positions, slots, lengths, slots[:b], int(max(inp.positions[:b])) + 1, contiguous)
+        return cls(positions, slots, rotary_tables(cos[0], sin[0]), b, mask, slots[:b], span, contiguous,
+                   inp.segments, masks)
 
     def decode_kv(self, kc: torch.Tensor, vc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, KVH, span, D) views (or gathers) of the decode rows' cache."""
-        b = self.decode_slots.shape[0]
         if self.contiguous:
-            return kc[:b, :, :self.span], vc[:b, :, :self.span]
+            return kc[:self.num_decode, :, :self.span], vc[:self.num_decode, :, :self.span]
         return (kc[:, :, :self.span].index_select(0, self.decode_slots),
                 vc[:, :, :self.span].index_select(0, self.decode_slots))
