@@ -65,6 +65,9 @@ def register(app: typer.Typer) -> None:
         calib_source: str = typer.Option("pydoc-train", "--calib-source", help="Calibration text source."),
         calib_samples: int = typer.Option(64, "--calib-samples", help="Calibration windows."),
         calib_seq_len: int = typer.Option(512, "--calib-seq-len", help="Tokens per calibration window."),
+        recover_minutes: float | None = typer.Option(None, "--recover-minutes",
+                                                     help="Structured: distill from the unpruned model."),
+        recover_data: str = typer.Option("pydoc-train", "--recover-data", help="Recovery training text."),
         eval_task: list[str] = typer.Option([], "--eval", help="Evaluate before/after (repeatable)."),
         limit: int | None = typer.Option(None, "--limit", help="First N windows/items per --eval."),
         data_dir: Path | None = typer.Option(None, "--data-dir", help="Evaluation data dir (shared/data)."),
@@ -77,6 +80,8 @@ def register(app: typer.Typer) -> None:
 
         calibration = {"source": calib_source, "n_samples": calib_samples, "seq_len": calib_seq_len}
         config = step_config(method, sparsity, pattern, structured, calibration)
+        if recover_minutes is not None:
+            config["recover"] = {"data": recover_data, "distill": {"max_minutes": recover_minutes}}
         fields: dict[str, Any] = {"output": str(output.resolve()),
                                   "data_dir": str(data_dir) if data_dir else None}
         if eval_task:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from lmopt.configs import Config
 from lmopt.train.config import DistillConfig
@@ -27,7 +27,13 @@ class RecoveryConfig(Config):
     data: str = "pydoc-train"
     """Training text: a text source (pydoc-train, ...) or a .txt/.jsonl file (relative to the recipe)."""
     distill: DistillConfig = Field(default_factory=_default_distill)
-    """How to train (time budget, steps, learning rate, loss); `lmopt.train.DistillConfig`."""
+    """How to train (time budget, steps, learning rate, loss); `lmopt.train.DistillConfig`. Fields given
+    here override this module's defaults (10 minutes, seq_len 256, lr 1e-4, alpha 0.2, T 1)."""
+
+    @field_validator("distill", mode="before")
+    @classmethod
+    def _over_defaults(cls, value: Any) -> Any:
+        return {**_default_distill().to_dict(), **value} if isinstance(value, dict) else value
 
 
 def recovery_rows(source: str, data_dir: str | None = None, chunk_chars: int = 4000) -> Any:
