@@ -73,6 +73,8 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--alpha", type=float, default=0.5, help="CE weight of the distilled run")
     parser.add_argument("--precision", default="bf16")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--speed-only", action="store_true", help="only time teacher vs cut student decode")
     parser.add_argument("--speed", action="store_true", help="also time decode (takes the speed lock)")
     args = parser.parse_args()
     os.environ.setdefault("LMOPT_QUIET", "1")
@@ -84,7 +86,13 @@ def main() -> None:
     apply_threads()
     docs = [d for d in pydoc_text("train").split("\n\n") if d.strip()]
     held_out = pydoc_text("eval")
-    teacher = load_model("smollm2-135m-instruct", dtype="float32")
+    teacher = load_model(args.model, dtype="float32")
+    if args.speed_only:  # decode speed does not depend on the trained values, only on the shapes
+        cut = student_from_teacher(teacher, args.layers)
+        rates = {"teacher_decode_bs1": speed(teacher), "student_decode_bs1": speed(cut)}
+        print(json.dumps({"benchmark": "distill_half_depth_speed", **rates,
+                          "ratio": rates["student_decode_bs1"] / rates["teacher_decode_bs1"]}))
+        return
     fresh = student_from_teacher(teacher, args.layers)
     figures = {
         "teacher_ppl": ppl(teacher, held_out, args.windows),
