@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--lm-head-bits", type=int, default=8, help="0 keeps the lm_head in fp32")
     parser.add_argument("--n-samples", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--windows", type=int, default=8)
+    parser.add_argument("--windows", type=int, default=8, help="0: quantize and save only")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -41,10 +41,14 @@ def main() -> None:
     apply_threads()
     loaded = load_model("smollm2-135m-instruct", dtype="float32")
     rss_loaded = peak_rss_mb()
-    row = {"method": args.method, "bits": 32 if args.method == "fp32" else args.bits,
-           "group_size": args.group_size, "lm_head_bits": args.lm_head_bits or None}
+    bits = {"fp32": 32, "w8a8": 8}.get(args.method, args.bits)
+    row = {"method": args.method, "bits": bits,
+           "group_size": 0 if args.method == "w8a8" else args.group_size,
+           "lm_head_bits": args.lm_head_bits or None}
     if args.method != "fp32":
         fields = {"bits": args.bits, "group_size": args.group_size, "lm_head_bits": args.lm_head_bits or None}
+        if args.method == "w8a8":  # fixed grid: 8-bit symmetric per channel
+            fields = {"lm_head_bits": fields["lm_head_bits"]}
         config = METHOD_CONFIGS[args.method](**fields)
         calib = CalibrationConfig(n_samples=args.n_samples, seq_len=args.seq_len)
         report = quantize(loaded.model, config, calib, loaded.tokenizer)
@@ -56,6 +60,9 @@ def main() -> None:
             row["size_on_disk_mb"] = size_on_disk_mb(args.out)
     else:
         row["size_on_disk_mb"] = size_on_disk_mb(loaded.path)
+    if args.windows == 0:  # only quantize and save (for quantize_speed.py)
+        print(json.dumps(row))
+        return
     started = time.time()
     with torch.no_grad():
         ppl = perplexity(loaded.model, loaded.tokenizer, wikitext2_text(args.data_dir), seq_len=2048,

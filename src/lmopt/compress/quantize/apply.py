@@ -49,22 +49,33 @@ def _quantize_layer_rtn(layer: Any, config: WeightQuantConfig, act_quant: bool =
 
 
 def _gptq_layer(layer: Any, inputs: LayerInputs, config: GPTQConfig) -> dict[str, float]:
-    """Hessians of every Linear from one pass over the inputs, then GPTQ on each."""
-    hessians: dict[str, list] = {}
+    """Hessians from one pass over the inputs, then GPTQ. Linears fed the same tensor (q/k/v,
+    gate/up) share one Hessian and are quantized as one stacked matrix (fewer column steps)."""
+    hessians: dict[int, list] = {}
+    feeds: dict[str, int] = {}  # linear name -> data_ptr of its input in the first batch
 
     def on_input(name: str, _module: Any, x: torch.Tensor) -> None:
-        h, n = hessians.get(name, (None, 0))
-        hessians[name] = list(alg.accumulate_hessian(h, n, x))
+        key = feeds.setdefault(name, x.data_ptr())
+        if key not in hessians or hessians[key][2] == name:  # accumulate once per shared input
+            h, n, _owner = hessians.get(key, (None, 0, name))
+            hessians[key] = [*alg.accumulate_hessian(h, n, x), name]
 
     collect_linear_inputs(layer, inputs, on_input, names=list(linear_modules(layer, config.skip)))
     errors = {}
-    for name, (h, _n) in hessians.items():
-        linear = layer.get_submodule(name)
-        qw = alg.gptq_quantize(linear.weight.data, h, config.bits, config.group_size, config.sym,
-                               config.block_size, config.damp, config.act_order)
-        delta = qw.dequantize() - linear.weight.float()  # (N, K)
-        errors[name] = float((delta @ h * delta).sum() / delta.shape[0])  # mean over rows of d H d^T
-        _set_module(layer, name, to_quant_linear(linear, qw))
+    for key, (h, _n, _owner) in hessians.items():
+        names = [name for name, k in feeds.items() if k == key]
+        linears = [layer.get_submodule(name) for name in names]
+        stacked = torch.cat([lin.weight.data for lin in linears])  # (sum N, K)
+        qw = alg.gptq_quantize(stacked, h, config.bits, config.group_size, config.sym, config.block_size,
+                               config.damp, config.act_order)
+        delta = qw.dequantize() - stacked.float()
+        errors["+".join(names)] = float((delta @ h * delta).sum() / delta.shape[0])  # mean row d H d^T
+        start = 0
+        for name, linear in zip(names, linears, strict=True):
+            rows = slice(start, start + linear.out_features)
+            start += linear.out_features
+            part = alg.QuantizedWeight(qw.q[rows], qw.scale[rows], qw.zero[rows], qw.bits, qw.group_size)
+            _set_module(layer, name, to_quant_linear(linear, part))
     return errors
 
 
