@@ -124,3 +124,20 @@ def test_unsupported_architecture_is_a_clear_error(tiny) -> None:
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=600))
     with pytest.raises(LmoptError, match="gpt2"):
         Engine((model, tiny.tokenizer))
+
+
+def test_quantized_model_runs_its_fast_kernels_and_matches_its_own_generate() -> None:
+    from lmopt.compress.quantize import RTNConfig, prepare_runtime, quantize
+    from lmopt.models import tiny_llama
+
+    loaded = tiny_llama()
+    loaded.model.to(torch.bfloat16)
+    quantize(loaded.model, RTNConfig(bits=4, group_size=32))
+    backends = prepare_runtime(loaded.model)
+    engine = Engine(loaded, _config(max_batch=3, max_step_tokens=16, prefill_chunk=16, max_model_len=96,
+                                    kv_cache_mb=4))
+    prompts = _prompts([5, 12, 9])
+    outs = engine.generate(prompts, SamplingParams(max_tokens=8, temperature=0))
+    assert [o.token_ids for o in outs] == [_reference(loaded.model, p, 8) for p in prompts]
+    dense = [m for m in loaded.model.modules() if type(m).__name__ == "QuantLinear" and m.cache_dense]
+    assert len(dense) == backends.get("int4", 0) + backends.get("int8", 0)  # prompt chunks: dense copy

@@ -28,6 +28,9 @@ class EngineConfig(Config):
     """Requests waiting for a slot beyond which new ones are refused (HTTP 429)."""
     threads: int | None = Field(default=None, ge=1)
     """torch intra-op threads (default: physical cores)."""
+    quantized_dense_prefill: bool = True
+    """Quantized linears with an int4/int8 kernel keep a dense bf16 copy of their weight for prompt
+    chunks (the low-bit kernels are fast for a few rows, slow for many): faster prefill, more memory."""
 
     @model_validator(mode="after")
     def _budget_covers_batch(self) -> EngineConfig:

@@ -93,6 +93,8 @@ class Engine:
         apply_threads(config.threads)
         self.model, self.tokenizer = loaded
         self.runner = ModelRunner(self.model)
+        if config.quantized_dense_prefill:
+            keep_dense_weights(self.model)
         max_len = min(config.max_model_len, self.runner.max_positions or config.max_model_len)
         num_slots = slots_for_memory(config.kv_cache_mb, max_len, self.runner.token_bytes(), config.max_batch)
         self.cache = self.runner.new_cache(num_slots, max_len)
@@ -276,6 +278,18 @@ def _completion(outputs: list[RequestOutput]) -> Completion:
     last = outputs[-1]
     return Completion("".join(o.text for o in outputs), [t for o in outputs for t in o.token_ids],
                       last.finish_reason or "abort", last.prompt_tokens)
+
+
+def keep_dense_weights(model: Any) -> int:
+    """Make quantized linears (`lmopt.compress.quantize.QuantLinear`) on an int4/int8 kernel keep a
+    dense copy for many-row inputs instead of de-quantizing on every prompt chunk; returns how many."""
+    count = 0
+    for module in model.modules():
+        if type(module).__name__ == "QuantLinear" and getattr(module, "backend", None) in ("int4", "int8") \
+                and not module.cache_dense:
+            module.prepare(module.backend, module.dense_rows, cache_dense=True)
+            count += 1
+    return count
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
