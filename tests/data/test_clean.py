@@ -80,6 +80,7 @@ def test_semantic_dedup_plumbing(tiny_dir, docs):
 
 def test_strings_in_rows_out_and_no_dedup(docs):
     cfg = CleanConfig(workers=1, dedup={"mode": "none"})
-    result = clean([docs[0], docs[0], "  " + docs[1] + "\u200b "], cfg)
+    result = clean([docs[0], docs[0], "  " + docs[1] + "\u200b ", {"body": "no text"}], cfg)
     assert [r["text"] for r in result.rows] == [docs[0], docs[0], docs[1]]
+    assert result.report.bad_rows["lines"] == {"has no text field 'text'": [4]}
     assert result.report.rows_normalized == 1

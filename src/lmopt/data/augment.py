@@ -121,12 +121,14 @@ class AugmentResult:
     """New rows kept, per method."""
     dropped: dict[str, int] = field(default_factory=dict)
     """New rows dropped as (near) copies of their source or a sibling, or empty, per method."""
+    bad_rows: dict[str, Any] = field(default_factory=dict)
+    """Input rows skipped (no text, invalid JSON...) per reason with their line numbers."""
     rows: list[dict[str, Any]] | None = None
     output: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"rows_in": self.rows_in, "rows_out": self.rows_out, "made": self.made,
-                "dropped": self.dropped}
+                "dropped": self.dropped, "bad_rows": self.bad_rows}
 
 
 def _target_field(rec: Record, cfg: AugmentConfig) -> str:
@@ -173,13 +175,15 @@ def augment(data: str | Path | Iterable[Any], config: AugmentConfig | None = Non
     rng = random.Random(cfg.seed)
     result = AugmentResult(rows=[] if output is None else None, output=Path(output) if output else None)
     writer = JsonlWriter(output) if output else None
+    records = as_records(data, cfg.text_field)
     with (writer or _NoWriter()) as sink, progress_bar("augment", None) as advance:
-        for rec in as_records(data, cfg.text_field):
+        for rec in records:
             result.rows_in += 1
             for row in augment_record(rec, cfg, rng, paraphrase, result):
                 result.rows_out += 1
                 result.rows.append(row) if result.rows is not None else sink.write(row)
             advance(1)
+    result.bad_rows = records.bad.to_dict()
     return result
 
 

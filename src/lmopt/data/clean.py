@@ -20,7 +20,7 @@ import numpy as np
 from lmopt.data.config import CleanConfig
 from lmopt.data.decontaminate import EvalIndex, build_index
 from lmopt.data.filters import quality_reason, strip_boilerplate
-from lmopt.data.load import Record, RecordStream, open_records
+from lmopt.data.load import BadRows, Record, RecordStream, open_records
 from lmopt.data.normalize import canonical_words, normalize_text, word_hashes
 from lmopt.data.parallel import map_chunks
 from lmopt.data.pii import scrub_pii
@@ -86,22 +86,30 @@ def process_record(rec: Record, cfg: CleanConfig, index: EvalIndex | None) -> Pr
     return out
 
 
-def as_records(data: str | Path | Iterable[Any], text_field: Any = None) -> Iterable[Record]:
-    """A path (any `open_records` format) or an iterable of `Record`s, dicts or strings, as records."""
-    if isinstance(data, str | Path):
-        return open_records(data, text_field=text_field)
-    field_name = text_field if isinstance(text_field, str) else "text"
+class _ItemRecords:
+    """Records from an iterable of `Record`s, strings or dicts; items without text go to `bad`."""
 
-    def gen() -> Iterator[Record]:
-        for i, item in enumerate(data, 1):
+    def __init__(self, items: Iterable[Any], text_field: Any) -> None:
+        self.items, self.field = items, text_field if isinstance(text_field, str) else "text"
+        self.bad = BadRows(source="<items>")
+
+    def __iter__(self) -> Iterator[Record]:
+        for i, item in enumerate(self.items, 1):
             if isinstance(item, Record):
                 yield item
             elif isinstance(item, str):
-                yield Record(item, i, {field_name: item}, (field_name,))
+                yield Record(item, i, {self.field: item}, (self.field,))
+            elif isinstance(item, dict) and isinstance(item.get(self.field), str):
+                yield Record(item[self.field], i, dict(item), (self.field,))
             else:
-                yield Record(str(item[field_name]), i, dict(item), (field_name,))
+                self.bad.add(i, f"has no text field '{self.field}'")
 
-    return gen()
+
+def as_records(data: str | Path | Iterable[Any], text_field: Any = None) -> RecordStream | _ItemRecords:
+    """A path (any `open_records` format) or an iterable of `Record`s, dicts or strings, as records."""
+    if isinstance(data, str | Path):
+        return open_records(data, text_field=text_field)
+    return _ItemRecords(data, text_field)
 
 
 @dataclass
@@ -184,8 +192,7 @@ def clean(data: str | Path | Iterable[Any], config: CleanConfig | None = None, *
                     sinks.removed.write({"reason": doc.reason, "detail": doc.detail, "line": doc.record.line,
                                          "row": row})
             advance(len(docs))
-    if isinstance(records, RecordStream):
-        report.bad_rows = records.bad.to_dict()
+    report.bad_rows = records.bad.to_dict()
     report.seconds = time.time() - started
     if report_dir is not None:
         report.write(report_dir)
