@@ -110,7 +110,8 @@ def augment_cmd(
     _console().print(f"augment: {result.rows_in} rows in, {result.rows_out} out; made {result.made}, "
                      f"dropped as copies {result.dropped}; wrote {output}")
     if result.bad_rows.get("total"):
-        _console().print(f"[yellow]{result.bad_rows['total']} bad rows skipped[/]: {result.bad_rows['lines']}")
+        bad = result.bad_rows
+        _console().print(f"[yellow]{bad['total']} bad rows skipped[/] (lines per reason: {bad['lines']})")
 
 
 @data_app.command("stats")
