@@ -73,7 +73,9 @@ def one_run(corpus: Path, docs: int, workers: int, data_dir: str) -> dict:
 def spawn(corpus: Path, docs: int, workers: int, data_dir: str) -> dict:
     cmd = [sys.executable, __file__, "--one", str(corpus), str(docs), str(workers), "--data-dir", data_dir]
     env = {**os.environ, "LMOPT_QUIET": "1"}
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode:
+        raise SystemExit(f"run of {docs} docs with {workers} workers failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -84,6 +86,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--one", nargs=3, metavar=("CORPUS", "DOCS", "WORKERS"))
+    ap.add_argument("--corpus", help="Keep the generated corpus here (reused when it exists).")
     args = ap.parse_args()
     if args.one:
         print(json.dumps(one_run(Path(args.one[0]), int(args.one[1]), int(args.one[2]), args.data_dir)))
@@ -92,8 +95,9 @@ def main() -> None:
 
     abstracts = [r.text for r in open_records(Path(args.data_dir) / "pubmedqa" / "pubmedqa_abstracts.txt")]
     with tempfile.TemporaryDirectory() as tmp:
-        corpus = Path(tmp) / "corpus.jsonl"
-        make_corpus(corpus, abstracts, args.docs, args.seed)
+        corpus = Path(args.corpus) if args.corpus else Path(tmp) / "corpus.jsonl"
+        if not corpus.exists():
+            make_corpus(corpus, abstracts, args.docs, args.seed)
         size_mb = corpus.stat().st_size / 1e6
         runs = [spawn(corpus, args.ratio_docs, w, args.data_dir) for w in (1, 2)]
         runs += [spawn(corpus, n, 2, args.data_dir) for n in (args.docs // 4, args.docs)]

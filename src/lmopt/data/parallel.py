@@ -1,8 +1,10 @@
 """Order-preserving, bounded parallel map over chunks of a stream (constant memory on any corpus).
 
 `multiprocessing.Pool.imap` would read the whole input ahead of the workers; here at most
-`2 * workers` chunks are in flight. Workers are spawned (not forked): the parent may hold torch
-threads, and a fork copies their locks.
+`2 * workers` chunks are in flight. Workers are forked where the platform can (Linux, macOS with
+fork available): spawned workers re-import the caller's `__main__`, which breaks scripts and
+notebooks without an `if __name__ == "__main__":` guard. The workers only run numpy and regexes,
+never torch, so the parent's torch threads are not a hazard to them.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def map_chunks(fn: Callable[[list[T]], R], items: Iterable[T], chunk_size: int, 
         yield from map(fn, chunks)
         return
     pending: deque[Future] = deque()
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=initializer,
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=initializer,
                              initargs=initargs) as pool:
         for chunk in chunks:
             pending.append(pool.submit(fn, chunk))
