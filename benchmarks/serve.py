@@ -25,7 +25,7 @@ from typing import Any
 os.environ.setdefault("LMOPT_QUIET", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-MODEL = "smollm2-135m-instruct"
+MODEL = os.environ.get("LMOPT_BENCH_MODEL", "smollm2-135m-instruct")  # override: smoke tests
 LLAMA_CPP_TOK_S = 63.0  # shared/notes/cpu-probes.md: llama.cpp, same Q4_1 GGUF, 2 threads, batch-1 decode
 VARIANTS = ("fp32", "bf16", "int8", "int4")
 

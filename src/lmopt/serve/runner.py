@@ -114,11 +114,14 @@ class ModelRunner:
         return self.lm_head(self._norm(self.norm, x.index_select(0, rows))).float()
 
     def _norm(self, module: Any, x: torch.Tensor) -> torch.Tensor:
-        # fp32: torch's fused RMSNorm gives HF's result exactly in 1 op instead of 8. bf16: HF's
-        # module (it normalizes in fp32, then scales in bf16; the fused op would round differently).
-        if self.fused_norm and x.dtype == torch.float32:
+        """HF's RMSNorm in 1 fused op (fp32) or 3 (bf16: normalize in fp32, round, then scale, as HF does)
+        instead of its 8, which matters 61 times per token."""
+        if not self.fused_norm:
+            return module(x)
+        if x.dtype == torch.float32:
             return F.rms_norm(x, module.weight.shape, module.weight, module.variance_epsilon)
-        return module(x)
+        normed = F.rms_norm(x.float(), module.weight.shape, None, module.variance_epsilon)
+        return module.weight * normed.to(x.dtype)
 
     def _attention(self, layer_idx: int, attn: Any, h: torch.Tensor, step: _Step,
                    cache: KVCache) -> torch.Tensor:
