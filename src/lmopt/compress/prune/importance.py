@@ -27,7 +27,7 @@ def head_importance(o_weight: Any, hessian: Any, head_dim: int) -> Any:
 
     w = o_weight.detach().float()
     heads = w.shape[1] // head_dim
-    scores = torch.empty(heads)
+    scores = torch.empty(heads, device=w.device)
     for j in range(heads):
         s = slice(j * head_dim, (j + 1) * head_dim)
         wj = w[:, s]  # (hidden, head_dim)
@@ -43,7 +43,7 @@ def taylor_importance(pairs: list[tuple[Any, Any, int]], units: int) -> Any:
     """
     import torch
 
-    total = torch.zeros(units)
+    total = torch.zeros(units, device=pairs[0][0].device)
     for weight, grad, dim in pairs:
         contrib = (weight.detach().float() * grad.float()).abs().sum(1 - dim)  # (size along dim,)
         total += contrib.view(units, -1).sum(1)
@@ -98,8 +98,8 @@ def refit_inputs(weight: Any, hessian: Any, keep: list[int], damp: float = 0.01)
     import torch
 
     h = hessian.float()
-    idx = torch.as_tensor(keep, dtype=torch.long)
+    idx = torch.as_tensor(keep, dtype=torch.long, device=h.device)
     h_kk = h[idx][:, idx]
-    h_kk = h_kk + damp * torch.diag(h_kk).mean() * torch.eye(len(keep))
+    h_kk = h_kk + damp * torch.diag(h_kk).mean() * torch.eye(len(keep), device=h.device)
     rhs = weight.detach().float() @ h[:, idx]  # (out, |K|)
     return torch.linalg.solve(h_kk, rhs, left=False).to(weight.dtype)

@@ -86,7 +86,7 @@ def _input_hessian(layer: Any, inputs: Any, name: str) -> Any:
     def on_input(_name: str, _linear: Any, x: Any) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).float()
         if not acc:
-            acc.append(torch.zeros(x.shape[1], x.shape[1]))
+            acc.append(torch.zeros(x.shape[1], x.shape[1], device=x.device))
         acc[0].addmm_(x.t(), x)
 
     collect_linear_inputs(layer, inputs, on_input, names=[name])

@@ -71,8 +71,9 @@ class _InputStats:
             self.alias[name] = self._last[1]
             return
         self._last = (x, name)
-        d = x.shape[-1]
-        entry = self.stats.setdefault(name, [torch.zeros(d, d) if self.hessian else None, torch.zeros(d), 0])
+        d, dev = x.shape[-1], x.device  # statistics live where the activations are (CPU or GPU)
+        entry = self.stats.setdefault(name, [torch.zeros(d, d, device=dev) if self.hessian else None,
+                                             torch.zeros(d, device=dev), 0])
         entry[2] = add_input_stats(entry[0], entry[1], entry[2], x.detach())
 
     def get(self, name: str) -> list[Any]:
