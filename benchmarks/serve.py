@@ -153,7 +153,8 @@ def workload(requests: int, tokenizer: Any) -> list[Any]:
     return make_workload(config, tokenizer)
 
 
-def load_part(variant: str, levels: list[int], requests: int, baseline: bool) -> dict[str, Any]:
+def load_part(variant: str, levels: list[int], requests: int, baseline: bool,
+              rate: float | None = None) -> dict[str, Any]:
     from lmopt.serve.bench import LoadConfig, generate_baseline, run_load
 
     loaded = build(variant)
@@ -164,6 +165,14 @@ def load_part(variant: str, levels: list[int], requests: int, baseline: bool) ->
         for c in levels:
             row = run_load(LoadConfig(url=srv.url, concurrency=c, requests=requests), jobs=jobs)
             result["levels"][c] = row
+            print({"variant": variant, **row}, flush=True)
+    if rate:  # open loop: Poisson arrivals at `rate` requests/s, at most 16 in flight
+        with ChildServer(variant) as srv:
+            run_load(LoadConfig(url=srv.url, concurrency=2, requests=2), jobs=jobs[:2])  # warm-up
+            config = LoadConfig(url=srv.url, concurrency=16, requests=requests, rate=rate,
+                                prompt_len=(32, 256), output_len=(16, 64), seed=0)
+            row = run_load(config, tokenizer=loaded.tokenizer)  # the same prompts, now with arrival times
+            result["levels"][f"16@{rate}/s"] = row
             print({"variant": variant, **row}, flush=True)
     if baseline:
         from lmopt.hardware import apply_threads
@@ -189,6 +198,7 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--concurrency", default="1,4,16,32")
     parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--rate", type=float, default=1.5, help="Poisson arrivals/s of the open-loop run")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     parts, variants = args.parts.split(","), args.variants.split(",")
@@ -203,7 +213,8 @@ def main() -> None:
         print(table(out["decode"], list(out["decode"][0])))
     if "load" in parts:
         levels = [int(c) for c in args.concurrency.split(",")]
-        out["load"] = load_part("bf16", levels, args.requests, baseline=True)
+        out["load"] = load_part("bf16", levels, args.requests, baseline=True, rate=args.rate)
+        # "16@R/s": Poisson arrivals at R requests/s, at most 16 in flight
         rows = [{"engine": f"lmopt c={c}", **r} for c, r in out["load"]["levels"].items()]
         rows.append({"engine": "generate, one at a time", **out["load"]["generate"]})
         print(table(rows, ["engine", "output_tokens_per_s", "speedup_vs_generate", "ttft_p50_ms",

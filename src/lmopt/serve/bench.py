@@ -67,6 +67,7 @@ def make_workload(config: LoadConfig, tokenizer: Any = None) -> list[Job]:
     from lmopt.data.text import pydoc_text
 
     rng = random.Random(config.seed)
+    arrivals = random.Random(config.seed + 1)  # its own stream: the prompts do not depend on the rate
     words = pydoc_text("eval").split()
     ids = tokenizer(" ".join(words[:20000]), add_special_tokens=False)["input_ids"] if tokenizer else None
     jobs, clock = [], 0.0
@@ -80,7 +81,7 @@ def make_workload(config: LoadConfig, tokenizer: Any = None) -> list[Job]:
             prompt = " ".join(words[start:start + max(1, int(n_prompt * 0.75))])
         jobs.append(Job(prompt, n_out, clock))
         if config.rate:
-            clock += rng.expovariate(config.rate)
+            clock += arrivals.expovariate(config.rate)
     return jobs
 
 
