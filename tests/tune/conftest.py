@@ -1,17 +1,15 @@
 """Tiny-model trials run single-threaded: on a busy machine two intra-op threads make a 2-layer model's
-forward pass several times slower, and the tests measure no speed."""
-
-import os
+forward pass several times slower, and these tests measure no speed. Torch's setting is restored after."""
 
 import pytest
 
 
 @pytest.fixture(autouse=True)
 def one_thread(request, monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
     if request.node.get_closest_marker("integration") is None:
         monkeypatch.setenv("LMOPT_THREADS", "1")
     yield
-    if "LMOPT_THREADS" not in os.environ:
-        import torch
-
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+    torch.set_num_threads(before)

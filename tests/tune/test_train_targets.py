@@ -98,3 +98,34 @@ def test_tune_lora_on_the_embedded_model(tmp_path, data_dir):
     card = json.loads((result.best_model / "lmopt.json").read_text())
     assert card["tune"]["value"] == result.best_values[0]
     assert card["metrics"]["finetune"]["best_eval_loss"] <= card["metrics"]["finetune"]["first_eval_loss"]
+
+
+def test_distill_is_tunable(tmp_path, tiny_dir, text_file):
+    recipe = Recipe.parse({"model": str(tiny_dir), "steps": [{"distill": {
+        "data": str(text_file), "student_layers": 1, **SMALL, "max_steps": 2}}]})
+    space = {"temperature": {"type": "float", "low": 1.0, "high": 4.0}, "alpha": [0.0, 0.5]}
+    config = TuneConfig(n_trials=2, pruner="none", output=str(tmp_path / "out"), plots=False)
+    result = tune(recipe, space, config, log=lambda m: None)
+    assert result.counts == {"complete": 2}
+    card = json.loads((result.best_model / "lmopt.json").read_text())
+    assert card["step"] == "distill" and card["config"]["temperature"] == result.best_params["temperature"]
+    assert json.loads((result.best_model / "config.json").read_text())["num_hidden_layers"] == 1
+
+
+def test_same_config_same_result_whatever_ran_before(tmp_path, tiny_dir, text_file):
+    """Trials are reproducible: the LoRA init must not depend on the global RNG state left behind."""
+    import torch
+
+    from lmopt.train.config import FinetuneStepConfig
+    from lmopt.tune.config import TuneJob
+    from lmopt.tune.targets import get_target
+
+    job = TuneJob(target="finetune", space={"lr": [1e-3]}, model=str(tiny_dir), data=str(text_file),
+                  tune=TuneConfig(output=str(tmp_path)))
+    config = FinetuneStepConfig(method="lora", format="text", **{**SMALL, "max_steps": 2})
+    losses = []
+    for _ in range(2):
+        torch.rand(1000)  # whatever an earlier trial left in the global RNG
+        outcome = get_target("finetune").run(job, config, lambda step, metrics: False)
+        losses.append(outcome.metrics["eval_loss"])
+    assert losses[0] == losses[1]

@@ -150,6 +150,8 @@ def report_markdown(result: TuneResult) -> str:
               "|---" * (len(result.objectives) + 4) + "|"]
     for r in result.trials:
         vals = " | ".join(_fmt(v) for v in (r["values"] or ["-"] * len(result.objectives)))
+        if r["state"] == "pruned":  # Optuna keeps the last reported value of a pruned trial
+            vals += f" (pruned at step {r['last_step']})"
         lines.append(f"| {r['number']} | {r['state']} | {vals} | {_fmt(r['seconds'])} | "
                      + ", ".join(f"{k}={_fmt(v)}" for k, v in r["params"].items()) + " |")
     return "\n".join(lines) + "\n"

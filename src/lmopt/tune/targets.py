@@ -94,6 +94,14 @@ def _context(job: TuneJob) -> Any:
                        data_dir=Path(job.data_dir) if job.data_dir else None, base_dir=base_dir)
 
 
+def _seed(seed: int) -> None:
+    """Seed torch before the model is touched: peft draws the LoRA init from the global RNG before
+    the training loop seeds it, so without this a trial's result depends on the trials before it."""
+    import torch
+
+    torch.manual_seed(seed)
+
+
 def _outcome(result: Any, config: Any) -> Outcome:
     return Outcome(_train_metrics(result, config), loaded=result.model,
                    save=lambda directory, card: _save_loaded(result.model, directory, card),
@@ -110,6 +118,7 @@ def _finetune_run(job: TuneJob, config: Config, hook: EvalHook) -> Outcome:
     data, val = data_paths(ctx, config)
     loaded = ctx.load_model(dtype="float32")  # master weights in fp32, as the finetune step does
     train_config = TrainConfig(**config.model_dump(exclude={"data", "val_data", "save_every"}))
+    _seed(train_config.seed)
     return _outcome(finetune(loaded, data, train_config, val_data=val, callbacks=[hook]), train_config)
 
 
@@ -123,6 +132,7 @@ def _distill_run(job: TuneJob, config: Config, hook: EvalHook) -> Outcome:
     ctx = _context(job)
     data, val = data_paths(ctx, config)
     teacher = ctx.load_model(dtype="float32")
+    _seed(config.seed)
     if config.student is not None:
         local = ctx.resolve_path(config.student)
         student = load_model(local if local.exists() else config.student, dtype="float32")
