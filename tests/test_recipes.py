@@ -8,13 +8,22 @@ import yaml
 import lmopt
 from lmopt.pipeline import Recipe, load_recipe_file, run_recipe
 
-RECIPES = sorted((Path(lmopt.__file__).parent / "recipes").glob("*.yaml"))
+SHIPPED = sorted((Path(lmopt.__file__).parent / "recipes").glob("*.yaml"))
+SPACES = [p for p in SHIPPED if p.stem.endswith("-space")]  # search spaces for `lmopt tune`
+RECIPES = [p for p in SHIPPED if p not in SPACES]
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_shipped_recipe_validates(path):
     recipe, _ = load_recipe_file(path)
     assert recipe.steps or recipe.evaluate
+
+
+@pytest.mark.parametrize("path", SPACES, ids=[p.stem for p in SPACES])
+def test_shipped_search_space_validates(path):
+    from lmopt.tune.space import SearchSpace
+
+    assert SearchSpace.from_yaml(path).params
 
 
 def test_evaluate_embedded_recipe_runs_on_a_tiny_model(tmp_path, tiny_dir):
