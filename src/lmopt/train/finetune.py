@@ -89,6 +89,11 @@ def prepare_model(model: Any, config: TrainConfig) -> Any:
     if config.dropout is not None:
         apply_dropout(model, config.dropout)
     if config.method == "lora":
+        import torch
+
+        # LoRA's A matrices are drawn here, before the loop seeds anything: seed them from the config so
+        # the same config gives the same run whatever ran before in this process.
+        torch.manual_seed(config.seed)
         return apply_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_targets)
     for param in model.parameters():
         param.requires_grad_(True)
