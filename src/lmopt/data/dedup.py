@@ -7,7 +7,8 @@ each cluster: a document is dropped when it matches one already kept.
 Near duplicates: datasketch MinHash signatures over word n-gram shingles; LSH bands with the (b, r)
 that datasketch chooses for the threshold; a band hit is confirmed by the signatures' estimated
 Jaccard similarity, so LSH's false positives below the threshold are not removed. The index stores
-one 64-bit key per band and the uint32 signature of each kept document (about 1.3 kB at 128 perms).
+one 64-bit key per band and the uint32 signature of each kept document: about 1.8 kB per kept
+document at the defaults (128 permutations, threshold 0.7: 14 bands of 9 rows), growth slack included.
 """
 
 from __future__ import annotations
@@ -88,7 +89,9 @@ class NearDeduper:
     def __init__(self, threshold: float = 0.8, num_perm: int = 128) -> None:
         self.threshold, self.num_perm = threshold, num_perm
         self.bands, self.rows = lsh_params(threshold, num_perm)
-        self.tables: list[dict[int, list[int]]] = [{} for _ in range(self.bands)]
+        # band key -> kept index, or a list of them once a bucket holds two (most hold one: an int
+        # costs about 90 bytes less than a one-element list, per band and kept document)
+        self.tables: list[dict[int, int | list[int]]] = [{} for _ in range(self.bands)]
         self.sigs = np.zeros((1024, num_perm), dtype=np.uint32)  # (kept, num_perm), grown by doubling
         self.ids: list[Any] = []
 
@@ -102,7 +105,10 @@ class NearDeduper:
         keys = self._band_keys(sig)
         seen: set[int] = set()
         for table, key in zip(self.tables, keys, strict=True):
-            for idx in table.get(key, ()):
+            bucket = table.get(key)
+            if bucket is None:
+                continue
+            for idx in (bucket,) if isinstance(bucket, int) else bucket:
                 if idx not in seen:
                     seen.add(idx)
                     if jaccard_estimate(self.sigs[idx], sig) >= self.threshold:
@@ -113,7 +119,13 @@ class NearDeduper:
         self.sigs[idx] = sig
         self.ids.append(doc_id if doc_id is not None else idx)
         for table, key in zip(self.tables, keys, strict=True):
-            table.setdefault(key, []).append(idx)
+            bucket = table.get(key)
+            if bucket is None:
+                table[key] = idx
+            elif isinstance(bucket, int):
+                table[key] = [bucket, idx]
+            else:
+                bucket.append(idx)
         return None
 
     def __len__(self) -> int:
