@@ -49,7 +49,7 @@ def test_paraphrase_needs_a_model_and_runs_with_tiny(tiny_dir):
 
 @pytest.mark.integration
 def test_paraphrase_with_embedded_model():
-    cfg = AugmentConfig(methods=["paraphrase"], per_row=1, max_new_tokens=40, temperature=0.7)
+    cfg = AugmentConfig(methods=["paraphrase"], per_row=1, max_new_tokens=24, temperature=0.7)
     result = augment(["The meeting was moved from Monday to Friday because the room was booked."], cfg,
                      model="smollm2-135m-instruct")
     para = [r["text"] for r in result.rows if r["augmentation"] == "paraphrase"]

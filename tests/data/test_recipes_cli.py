@@ -71,13 +71,18 @@ def test_clean_augment_instruct_recipe(tmp_path):
     assert all(r["output"].startswith("Idea") and "source_line" in r for r in new)
 
 
-def test_cli_clean_stats_augment(corpus, tmp_path):
+def test_cli_clean_stats_augment(corpus, tmp_path, docs):
     runner = CliRunner()
+    evals = tmp_path / "eval.txt"
+    evals.write_text(docs[3])
     out = tmp_path / "clean.jsonl"
     res = runner.invoke(app, ["data", "clean", str(corpus), "-o", str(out), "--pii", "--min-words", "20",
-                              "--workers", "1", "--dedup", "exact"])
+                              "--workers", "1", "--dedup", "exact", "--decontaminate", f"{evals},pydoc"])
     assert res.exit_code == 0, res.output
     assert "exact_duplicate" in res.output and "1 bad rows" in res.output
+    assert len(out.read_text().splitlines()) == 12 and "decontaminate" in res.output
+    res = runner.invoke(app, ["data", "clean", str(corpus), "-o", str(out), "--pii", "--min-words", "20",
+                              "--workers", "1", "--dedup", "exact"])
     assert len(out.read_text().splitlines()) == 13
     assert (tmp_path / "clean.jsonl.report" / "report.json").exists()
     res = runner.invoke(app, ["data", "stats", str(corpus)])

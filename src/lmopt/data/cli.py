@@ -37,8 +37,9 @@ def clean_cmd(
     threshold: float | None = typer.Option(None, "--threshold", help="Near-duplicate Jaccard threshold."),
     pii: bool = typer.Option(False, "--pii", help="Replace e-mails, phones, IPs, cards, keys by "
                              "typed placeholders."),
-    decontaminate: list[str] = typer.Option([], "--decontaminate", help="Evaluation set to decontaminate "
-                                            "against (repeatable): arc_easy, boolq, ..., pydoc, a file."),
+    decontaminate: list[str] = typer.Option([], "--decontaminate", help="Evaluation set(s) to decontaminate "
+                                            "against (repeatable or comma-separated): arc_easy, boolq, ..., "
+                                            "pydoc, a file."),
     min_words: int | None = typer.Option(None, "--min-words", help="Least words per row (Gopher: 50)."),
     no_quality: bool = typer.Option(False, "--no-quality", help="Skip the quality rules."),
     language: str | None = typer.Option(None, "--language", help="Keep only this language (e.g. en)."),
@@ -57,7 +58,7 @@ def clean_cmd(
     if text_field:
         updates["text_field"] = _text_field(text_field)
     if decontaminate:
-        updates["decontaminate"] = decontaminate
+        updates["decontaminate"] = [name for value in decontaminate for name in value.split(",") if name]
     cfg = cfg.model_copy(update=updates)
     cfg.dedup = cfg.dedup.model_copy(update={k: v for k, v in (("mode", dedup), ("threshold", threshold))
                                              if v is not None})
