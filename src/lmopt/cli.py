@@ -25,9 +25,7 @@ COMMAND_MODULES = [
     "lmopt.tune.cli",
     "lmopt.compress.quantize.cli",
     "lmopt.compress.prune.cli",
-    "lmopt.select.cli",
     "lmopt.serve.cli",
-    "lmopt.monitor.cli",
 ]
 
 DataDir = typer.Option(None, "--data-dir", help="Evaluation data dir (shared/data layout).")

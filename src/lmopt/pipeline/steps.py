@@ -31,7 +31,6 @@ STEP_MODULES: dict[str, str] = {
     "tune": "lmopt.tune.step",
     "quantize": "lmopt.compress.quantize.step",
     "prune": "lmopt.compress.prune.step",
-    "select": "lmopt.select.step",
     "serve-bench": "lmopt.serve.step",
 }
 
