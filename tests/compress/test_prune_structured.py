@@ -150,7 +150,7 @@ def test_structured_prune_saves_a_smaller_plain_hf_model(importance, tmp_path):
     torch.testing.assert_close(logits(plain, x), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_structured_refit_lowers_the_error_against_dense():
+def test_structured_refit_lowers_the_in_sample_error_against_dense():
     x = ids(8, 48, seed=3)
     ref = logits(fresh().model, x)
     errors = {}
