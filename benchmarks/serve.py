@@ -197,6 +197,7 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def main() -> None:
+    global THREADS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="decode,load,variants")
     parser.add_argument("--variants", default=",".join(VARIANTS))
@@ -207,7 +208,6 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     parts, variants = args.parts.split(","), args.variants.split(",")
-    global THREADS
     THREADS = args.threads
     os.environ["LMOPT_BENCH_THREADS"] = str(args.threads)  # the server children read it
     from lmopt.hardware import apply_threads, measure_bandwidth
