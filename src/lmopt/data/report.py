@@ -115,6 +115,9 @@ class CleanReport:
         ax.stairs(self.hist_before, edges, label=f"before ({self.rows_in})", fill=True, alpha=0.4)
         ax.stairs(self.hist_after, edges, label=f"after ({self.rows_out})", linewidth=2)
         ax.set_xscale("log")
+        used = np.nonzero(self.hist_before + self.hist_after)[0]
+        if len(used):  # show the occupied bins only, with one empty bin either side
+            ax.set_xlim(edges[max(used[0] - 1, 0)], edges[min(used[-1] + 2, len(edges) - 1)])
         ax.set_xlabel("length (words)")
         ax.set_ylabel("rows")
         ax.legend()
