@@ -56,3 +56,10 @@ def test_paraphrase_with_embedded_model():
     assert len(para) <= 1 and all(p.strip() for p in para)
     if para:  # a real paraphrase shares content words with its source
         assert {"meeting", "friday", "monday"} & set(para[0].lower().replace(".", " ").split())
+
+
+def test_chat_preamble_is_stripped():
+    from lmopt.data.augment import _strip_preamble
+
+    assert _strip_preamble("Sure, here's a paraphrase:\n\nThe cat sat.") == "The cat sat."
+    assert _strip_preamble("The ratio was 2:1 in the end.") == "The ratio was 2:1 in the end."

@@ -108,9 +108,18 @@ def model_paraphraser(ref: str, cfg: AugmentConfig) -> Callable[[str, int], list
         out = model.generate(**ids, do_sample=True, temperature=cfg.temperature,
                              max_new_tokens=cfg.max_new_tokens, num_return_sequences=n,
                              pad_token_id=tok.pad_token_id or tok.eos_token_id)  # (n, prompt + new)
-        return [tok.decode(seq[ids["input_ids"].shape[1]:], skip_special_tokens=True).strip() for seq in out]
+        texts = [tok.decode(seq[ids["input_ids"].shape[1]:], skip_special_tokens=True).strip() for seq in out]
+        return [_strip_preamble(t) for t in texts]
 
     return paraphrase
+
+
+def _strip_preamble(text: str) -> str:
+    """Drop a chat model's lead-in line ("Sure, here's a paraphrase:") before the paraphrase itself."""
+    first, _, rest = text.partition("\n")
+    if rest.strip() and first.rstrip().endswith(":") and len(first) < 120:
+        return rest.strip()
+    return text
 
 
 @dataclass
