@@ -52,7 +52,7 @@ class DedupConfig(Config):
     threshold: float = Field(default=0.7, gt=0.0, le=1.0)
     """Jaccard similarity of shingle sets from which two documents are near-duplicates. 0.7 with word
     3-grams finds 94% of copies with 3% of their words edited, and merged none of 1,000 distinct
-    abstracts (docs/benchmarks/data.md); 0.8 finds 67% of those."""
+    abstracts (BENCHMARKS.md (data section)); 0.8 finds 67% of those."""
     ngram: int = Field(default=3, ge=1)
     """Shingle size in canonical words."""
     num_perm: int = Field(default=128, ge=16)

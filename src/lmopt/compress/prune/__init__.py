@@ -7,7 +7,7 @@ least-squares refit), `unstructured.py` / `structured.py` (calibration flow and 
 
 How to add a method: pure math in `math.py` with a toy-layer test against a reference; a config in
 `config.py` (listed in METHOD_CONFIGS); orchestration in its own module called from `api.prune`;
-a recipe `lmopt/recipes/prune-*.yaml` with a test that runs it; a row in docs/benchmarks/prune.md.
+a recipe `lmopt/recipes/prune-*.yaml` with a test that runs it; a row in BENCHMARKS.md (prune section).
 """
 
 from lmopt.compress.prune.api import prune, save_pruned
