@@ -144,7 +144,9 @@ def test_a_trial_whose_worker_died_is_failed_and_replayed(tmp_path):
     dead = study.ask({"optim.lr": optuna.distributions.FloatDistribution(1e-4, 1.0, log=True),
                       "hidden": optuna.distributions.CategoricalDistribution([4, 8, 16, 32])})
     study._storage.record_heartbeat(dead._trial_id)  # its worker sent one heartbeat, then was killed
-    time.sleep(4.5)  # > grace period (4 x heartbeat_s)
+    # > grace period (4 x heartbeat_s) by more than a second: SQLite stores heartbeats to the second, so a
+    # 4.5 s wait could read as exactly 4 s and leave the trial RUNNING (a flaky failure seen in CI).
+    time.sleep(6)
     result = run_job(job, log=lambda m: None)
     trials = open_study(job).trials
     assert trials[0].state == optuna.trial.TrialState.FAIL
