@@ -61,6 +61,16 @@ def test_calibrated_methods_beat_rtn(wide, windows, held_out):
     assert len(layers) == 2 * 7 + 1 and layers["model.layers.0.mlp.gate_proj"].scales.shape == (128, 2)
 
 
+def test_gptq_shares_hessians_only_between_linears_fed_the_same_tensor(windows):
+    # Regression: sharing was once keyed by the input's data_ptr, and a freed activation's address
+    # reused by a later one made gate/up share q/k/v's Hessian in some layers.
+    model = tiny_llama(num_layers=4, hidden_size=96, num_heads=4, num_kv_heads=2, intermediate_size=96).model
+    report = quantize(model, GPTQConfig(bits=4, group_size=32, lm_head_bits=None), windows)
+    expected = ["self_attn.q_proj+self_attn.k_proj+self_attn.v_proj", "self_attn.o_proj",
+                "mlp.gate_proj+mlp.up_proj", "mlp.down_proj"]
+    assert [sorted(groups) for groups in report["layers"].values()] == [sorted(expected)] * 4
+
+
 def test_w8a8_smoothquant_is_exact_in_float_and_close_quantized(wide, windows, held_out):
     model = copy.deepcopy(wide.model)
     quantize(model, W8A8Config(lm_head_bits=None), windows)

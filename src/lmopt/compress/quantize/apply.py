@@ -51,18 +51,24 @@ def _quantize_layer_rtn(layer: Any, config: WeightQuantConfig, act_quant: bool =
 def _gptq_layer(layer: Any, inputs: LayerInputs, config: GPTQConfig) -> dict[str, float]:
     """Hessians from one pass over the inputs, then GPTQ. Linears fed the same tensor (q/k/v,
     gate/up) share one Hessian and are quantized as one stacked matrix (fewer column steps)."""
-    hessians: dict[int, list] = {}
-    feeds: dict[str, int] = {}  # linear name -> data_ptr of its input in the first batch
+    hessians: dict[str, list] = {}  # owner name -> [H, n_rows]
+    feeds: dict[str, str] = {}  # linear name -> owner: the first Linear fed the same tensor
+    first_inputs: dict[str, torch.Tensor] = {}  # first-batch input per owner, kept alive on purpose:
+    # sharing is decided by tensor identity, and a freed tensor's address (data_ptr) is reused by
+    # later activations, which once made gate/up borrow q/k/v's Hessian.
 
     def on_input(name: str, _module: Any, x: torch.Tensor) -> None:
-        key = feeds.setdefault(name, x.data_ptr())
-        if key not in hessians or hessians[key][2] == name:  # accumulate once per shared input
-            h, n, _owner = hessians.get(key, (None, 0, name))
-            hessians[key] = [*alg.accumulate_hessian(h, n, x), name]
+        if name not in feeds:
+            feeds[name] = next((owner for owner, t in first_inputs.items() if t is x), name)
+            first_inputs.setdefault(feeds[name], x)
+        if feeds[name] == name:  # accumulate once per shared input
+            h, n = hessians.get(name, (None, 0))
+            hessians[name] = list(alg.accumulate_hessian(h, n, x))
 
     collect_linear_inputs(layer, inputs, on_input, names=list(linear_modules(layer, config.skip)))
     errors = {}
-    for key, (h, _n, _owner) in hessians.items():
+    first_inputs.clear()
+    for key, (h, _n) in hessians.items():
         names = [name for name, k in feeds.items() if k == key]
         linears = [layer.get_submodule(name) for name in names]
         stacked = torch.cat([lin.weight.data for lin in linears])  # (sum N, K)
