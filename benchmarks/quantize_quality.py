@@ -23,6 +23,12 @@ def main() -> None:
     parser.add_argument("--n-samples", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--windows", type=int, default=8, help="0: quantize and save only")
+    parser.add_argument("--calib", default="pydoc-train",
+                        help="calibration source, or wikitext2-heldout: WikiText-2 test tokens after "
+                             "the evaluated windows (disjoint; WikiText-2 train is not available offline)")
+    parser.add_argument("--clip", type=float, default=None, help="grid clip search (config default if unset)")
+    parser.add_argument("--no-act-order", action="store_true")
+    parser.add_argument("--damp", type=float, default=None, help="GPTQ dampening (config default if unset)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -47,10 +53,17 @@ def main() -> None:
            "lm_head_bits": args.lm_head_bits or None}
     if args.method != "fp32":
         fields = {"bits": args.bits, "group_size": args.group_size, "lm_head_bits": args.lm_head_bits or None}
+        if args.clip is not None:
+            fields["clip"] = args.clip
+        if args.method == "gptq" and args.no_act_order:
+            fields["act_order"] = False
+        if args.method == "gptq" and args.damp is not None:
+            fields["damp"] = args.damp
         if args.method == "w8a8":  # fixed grid: 8-bit symmetric per channel
             fields = {"lm_head_bits": fields["lm_head_bits"]}
         config = METHOD_CONFIGS[args.method](**fields)
-        calib = CalibrationConfig(n_samples=args.n_samples, seq_len=args.seq_len)
+        row.update(clip=getattr(config, "clip", 0.0), calib=args.calib)
+        calib = calibration(args, loaded.tokenizer, CalibrationConfig, wikitext2_text)
         report = quantize(loaded.model, config, calib, loaded.tokenizer)
         row.update(quantize_seconds=report["seconds"], peak_rss_mb=round(peak_rss_mb(), 1),
                    rss_model_loaded_mb=round(rss_loaded, 1), lm_head=report["lm_head"],
@@ -71,6 +84,20 @@ def main() -> None:
                eval_seconds=round(time.time() - started, 1))
     print(" | ".join(f"{k}={v}" for k, v in row.items()))
     print(json.dumps(row))
+
+
+def calibration(args, tokenizer, config_cls, wikitext2_text):  # noqa: ANN001, ANN201
+    """A CalibrationConfig, or for wikitext2-heldout a (n_samples, seq_len) tensor of windows cut
+    from the WikiText-2 test tokens after the first `--windows` x 2048 that are evaluated."""
+    if args.calib != "wikitext2-heldout":
+        return config_cls(source=args.calib, n_samples=args.n_samples, seq_len=args.seq_len)
+    import torch
+
+    ids = tokenizer(wikitext2_text(args.data_dir), add_special_tokens=False)["input_ids"]
+    tail = torch.tensor(ids[max(args.windows, 8) * 2048:])
+    stride = tail.numel() // args.n_samples
+    assert stride >= args.seq_len, "not enough held-out WikiText-2 tokens"
+    return torch.stack([tail[i * stride:i * stride + args.seq_len] for i in range(args.n_samples)])
 
 
 if __name__ == "__main__":

@@ -44,6 +44,25 @@ def test_short_last_group_has_its_own_grid():
     assert (qw.dequantize()[:, 512:] - w[:, 512:]).abs().max() < 0.01 * w.abs().max()
 
 
+@pytest.mark.parametrize("sym", [False, True])
+def test_clip_search_picks_the_best_shrink_by_brute_force(sym):
+    torch.manual_seed(3)
+    w = torch.randn(64, 32) * torch.rand(64, 1)
+    w[::7, 5] *= 6  # rare extreme weights: shrinking the range pays off for these rows
+    scale, zero = alg.grid_params(w, 4, sym, clip=0.3)
+
+    def error(shrink):  # (rows,) brute force: quantize each row with its range times `shrink`
+        s, z = alg._grid(w, shrink, 4, sym)
+        return ((alg.quantize_codes(w, s, z, 4) - z) * s - w).abs().pow(2.4).sum(1)
+
+    candidates = torch.stack([error(1 - i / 100) for i in range(31)])  # (31, rows)
+    chosen = ((alg.quantize_codes(w, scale, zero, 4) - zero) * scale - w).abs().pow(2.4).sum(1)
+    assert torch.allclose(chosen, candidates.min(0).values)
+    assert (candidates.argmin(0) > 0).any()  # some rows really were clipped
+    plain = alg.grid_params(w, 4, sym)
+    assert torch.equal(alg.grid_params(w, 4, sym, clip=0.0)[0], plain[0])
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_packing_round_trip_and_size(bits):
     q = torch.randint(0, 2 ** bits, (7, 45), dtype=torch.uint8)

@@ -141,3 +141,25 @@ def test_quantized_model_runs_its_fast_kernels_and_matches_its_own_generate() ->
     assert [o.token_ids for o in outs] == [_reference(loaded.model, p, 8) for p in prompts]
     dense = [m for m in loaded.model.modules() if type(m).__name__ == "QuantLinear" and m.cache_dense]
     assert len(dense) == backends.get("int4", 0) + backends.get("int8", 0)  # prompt chunks: dense copy
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_fused_projections_equal_the_separate_linears(quantized) -> None:
+    from lmopt.compress.quantize import RTNConfig, prepare_runtime, quantize
+    from lmopt.models import tiny_llama
+    from lmopt.serve.runner import ModelRunner
+
+    model = tiny_llama(hidden_size=64, intermediate_size=96).model.to(torch.bfloat16)
+    if quantized:
+        quantize(model, RTNConfig(bits=4, group_size=32))
+        prepare_runtime(model)
+    runner = ModelRunner(model)
+    assert all(f is not None for f in runner.qkv + runner.gate_up)
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    attn, mlp = model.model.layers[1].self_attn, model.model.layers[1].mlp
+    with torch.inference_mode():
+        for fused, linears in [(runner.qkv[1], [attn.q_proj, attn.k_proj, attn.v_proj]),
+                               (runner.gate_up[1], [mlp.gate_proj, mlp.up_proj])]:
+            for got, linear in zip(fused(x), linears, strict=True):
+                torch.testing.assert_close(got, linear(x), rtol=1e-2, atol=1e-2)
+    assert ModelRunner(model, fuse=False).qkv == [None, None]

@@ -31,6 +31,9 @@ class EngineConfig(Config):
     quantized_dense_prefill: bool = True
     """Quantized linears with an int4/int8 kernel keep a dense bf16 copy of their weight for prompt
     chunks (the low-bit kernels are fast for a few rows, slow for many): faster prefill, more memory."""
+    fuse_projections: bool = True
+    """Run q/k/v and gate/up as one stacked matmul each (`lmopt.serve.fused`): fewer, larger GEMVs
+    per decode step, at the cost of a stacked copy of those weights."""
 
     @model_validator(mode="after")
     def _budget_covers_batch(self) -> EngineConfig:

@@ -92,9 +92,9 @@ class Engine:
         self.config = config = config or EngineConfig()
         apply_threads(config.threads)
         self.model, self.tokenizer = loaded
-        self.runner = ModelRunner(self.model)
         if config.quantized_dense_prefill:
             keep_dense_weights(self.model)
+        self.runner = ModelRunner(self.model, fuse=config.fuse_projections)
         max_len = min(config.max_model_len, self.runner.max_positions or config.max_model_len)
         num_slots = slots_for_memory(config.kv_cache_mb, max_len, self.runner.token_bytes(), config.max_batch)
         self.cache = self.runner.new_cache(num_slots, max_len)

@@ -29,6 +29,7 @@ from lmopt.serve.attention import (
     prefill_mask,
     rotary_tables,
 )
+from lmopt.serve.fused import FusedLinear, fuse_linears
 from lmopt.serve.kv_cache import KVCache, bytes_per_token
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -70,10 +71,15 @@ def check_supported(model: Any) -> None:
                          "lmopt engine; try --engine vllm")
 
 
+def _llama_mlp(mlp: Any) -> bool:
+    """True for the gated MLP down(act(gate(x)) * up(x)) the fused path reproduces."""
+    return all(hasattr(mlp, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn"))
+
+
 class ModelRunner:
     """Owns no weights: a view on the model's submodules plus the shapes the KV cache needs."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, fuse: bool = True) -> None:
         check_supported(model)
         self.model = model
         base = getattr(model, model.base_model_prefix)
@@ -90,6 +96,14 @@ class ModelRunner:
         norms = [self.norm]
         for layer in self.layers:
             norms += [layer.input_layernorm, layer.post_attention_layernorm]
+        # per layer: stacked q/k/v and gate/up projections, or None where they cannot be fused
+        self.qkv: list[FusedLinear | None] = [None] * len(self.layers)
+        self.gate_up: list[FusedLinear | None] = [None] * len(self.layers)
+        for i, layer in enumerate(self.layers if fuse else []):
+            attn, mlp = layer.self_attn, layer.mlp
+            self.qkv[i] = fuse_linears([attn.q_proj, attn.k_proj, attn.v_proj])
+            if _llama_mlp(mlp):
+                self.gate_up[i] = fuse_linears([mlp.gate_proj, mlp.up_proj])
         self.fused_norm = all(type(m).__name__.endswith("RMSNorm") and hasattr(m, "variance_epsilon")
                               for m in norms)
 
@@ -109,7 +123,12 @@ class ModelRunner:
         step = _Step.build(inp, x, self.rotary, self.num_heads // self.kv_heads)
         for i, layer in enumerate(self.layers):
             x = x + self._attention(i, layer.self_attn, self._norm(layer.input_layernorm, x), step, cache)
-            x = x + layer.mlp(self._norm(layer.post_attention_layernorm, x))
+            h = self._norm(layer.post_attention_layernorm, x)
+            if self.gate_up[i] is not None:
+                gate, up = self.gate_up[i](h)
+                x = x + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
+            else:
+                x = x + layer.mlp(h)
         rows = torch.tensor(inp.logit_rows, dtype=torch.long, device=dev)
         return self.lm_head(self._norm(self.norm, x.index_select(0, rows))).float()
 
@@ -126,9 +145,11 @@ class ModelRunner:
     def _attention(self, layer_idx: int, attn: Any, h: torch.Tensor, step: _Step,
                    cache: KVCache) -> torch.Tensor:
         n, d = h.shape[0], self.head_dim
-        q = attn.q_proj(h).view(n, -1, d)  # (N, H, D)
-        k = attn.k_proj(h).view(n, -1, d)  # (N, KVH, D)
-        v = attn.v_proj(h).view(n, -1, d)
+        if self.qkv[layer_idx] is not None:
+            q, k, v = self.qkv[layer_idx](h)  # column slices of one (N, (H + 2 KVH) D) output
+        else:
+            q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+        q, k, v = q.view(n, -1, d), k.view(n, -1, d), v.view(n, -1, d)  # (N, H, D), (N, KVH, D) x2
         if hasattr(attn, "q_norm"):  # qwen3 normalizes q and k per head before the rotation
             q, k = attn.q_norm(q), attn.k_norm(k)
         q, k = apply_rotary(q, *step.rope), apply_rotary(k, *step.rope)

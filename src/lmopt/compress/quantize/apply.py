@@ -44,7 +44,7 @@ def _set_module(root: Any, name: str, module: Any) -> None:
 
 def _quantize_layer_rtn(layer: Any, config: WeightQuantConfig, act_quant: bool = False) -> None:
     for name, linear in linear_modules(layer, config.skip).items():
-        qw = alg.rtn_quantize(linear.weight.data, config.bits, config.group_size, config.sym)
+        qw = alg.rtn_quantize(linear.weight.data, config.bits, config.group_size, config.sym, config.clip)
         _set_module(layer, name, to_quant_linear(linear, qw, act_quant))
 
 
@@ -73,7 +73,7 @@ def _gptq_layer(layer: Any, inputs: LayerInputs, config: GPTQConfig) -> dict[str
         linears = [layer.get_submodule(name) for name in names]
         stacked = torch.cat([lin.weight.data for lin in linears])  # (sum N, K)
         qw = alg.gptq_quantize(stacked, h, config.bits, config.group_size, config.sym, config.block_size,
-                               config.damp, config.act_order)
+                               config.damp, config.act_order, config.clip)
         delta = qw.dequantize() - stacked.float()
         errors["+".join(names)] = float((delta @ h * delta).sum() / delta.shape[0])  # mean row d H d^T
         start = 0
@@ -192,10 +192,11 @@ def _quantize_lm_head(model: Any, config: WeightQuantConfig, final: LayerInputs 
         for hidden in final.hidden:
             h, n = alg.accumulate_hessian(h, n, norm(hidden) if norm is not None else hidden)
         qw = alg.gptq_quantize(head.weight.data, h, bits, group, config.sym, config.block_size, config.damp,
-                               config.act_order)
+                               config.act_order, config.clip)
         how = f"gptq int{bits}"
     else:
-        qw = alg.rtn_quantize(head.weight.data, bits, group, config.sym and bits < 8)
+        sym, clip = (config.sym, config.clip) if bits < 8 else (False, 0.0)
+        qw = alg.rtn_quantize(head.weight.data, bits, group, sym, clip)
         how = f"rtn int{bits}"
     quant = to_quant_linear(head, qw)
     _set_module(model, next(n for n, m in model.named_modules() if m is head), quant)

@@ -26,6 +26,9 @@ class WeightQuantConfig(Config):
     lm_head_bits: int | None = Field(default=8, ge=2, le=8)
     """Bits of the lm_head (per output channel when 8, else `group_size` groups). The lm_head (tied to
     the embedding in small models) is the most sensitive tensor; None keeps it unquantized."""
+    clip: float = Field(default=0.0, ge=0, lt=1)
+    """Search each group's range shrink factor in [1 - clip, 1] for the least rounding error (GPTQ's
+    `mse` option); 0 = plain min..max. Helps at 3-4 bits; no effect worth its time at 8."""
     skip: list[str] = Field(default_factory=list)
     """Linear layers whose qualified name contains one of these strings stay unquantized."""
 
