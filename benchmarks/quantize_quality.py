@@ -28,6 +28,7 @@ def main() -> None:
                              "the evaluated windows (disjoint; WikiText-2 train is not available offline)")
     parser.add_argument("--clip", type=float, default=None, help="grid clip search (config default if unset)")
     parser.add_argument("--no-act-order", action="store_true")
+    parser.add_argument("--rounding", default=None, choices=["rtn", "gptq"], help="AWQ: how weights round")
     parser.add_argument("--damp", type=float, default=None, help="GPTQ dampening (config default if unset)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default=None)
@@ -57,12 +58,15 @@ def main() -> None:
             fields["clip"] = args.clip
         if args.method == "gptq" and args.no_act_order:
             fields["act_order"] = False
+        if args.method == "awq" and args.rounding:
+            fields["rounding"] = args.rounding
         if args.method == "gptq" and args.damp is not None:
             fields["damp"] = args.damp
         if args.method == "w8a8":  # fixed grid: 8-bit symmetric per channel
             fields = {"lm_head_bits": fields["lm_head_bits"]}
         config = METHOD_CONFIGS[args.method](**fields)
-        row.update(clip=getattr(config, "clip", 0.0), calib=args.calib)
+        row.update(clip=getattr(config, "clip", 0.0), calib=args.calib,
+                   rounding=getattr(config, "rounding", None))
         calib = calibration(args, loaded.tokenizer, CalibrationConfig, wikitext2_text)
         report = quantize(loaded.model, config, calib, loaded.tokenizer)
         row.update(quantize_seconds=report["seconds"], peak_rss_mb=round(peak_rss_mb(), 1),

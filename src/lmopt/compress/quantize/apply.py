@@ -66,23 +66,31 @@ def _gptq_layer(layer: Any, inputs: LayerInputs, config: GPTQConfig) -> dict[str
             hessians[name] = list(alg.accumulate_hessian(h, n, x))
 
     collect_linear_inputs(layer, inputs, on_input, names=list(linear_modules(layer, config.skip)))
-    errors = {}
     first_inputs.clear()
-    for key, (h, _n) in hessians.items():
-        names = [name for name, k in feeds.items() if k == key]
-        linears = [layer.get_submodule(name) for name in names]
-        stacked = torch.cat([lin.weight.data for lin in linears])  # (sum N, K)
-        qw = alg.gptq_quantize(stacked, h, config.bits, config.group_size, config.sym, config.block_size,
-                               config.damp, config.act_order, config.clip)
-        delta = qw.dequantize() - stacked.float()
-        errors["+".join(names)] = float((delta @ h * delta).sum() / delta.shape[0])  # mean row d H d^T
-        start = 0
-        for name, linear in zip(names, linears, strict=True):
-            rows = slice(start, start + linear.out_features)
-            start += linear.out_features
-            part = alg.QuantizedWeight(qw.q[rows], qw.scale[rows], qw.zero[rows], qw.bits, qw.group_size)
-            _set_module(layer, name, to_quant_linear(linear, part))
+    errors = {}
+    for owner, (hessian, _n) in hessians.items():
+        names = [name for name, key in feeds.items() if key == owner]
+        errors["+".join(names)] = _gptq_replace(layer, names, hessian, config)
     return errors
+
+
+def _gptq_replace(layer: Any, names: list[str], hessian: torch.Tensor, config: WeightQuantConfig) -> float:
+    """GPTQ the named Linears (fed the same input, with this Hessian) as one stacked matrix and swap
+    in QuantLinears; returns the mean row error d H d^T. GPTQ settings come from `config` when it is
+    a GPTQConfig, else GPTQConfig's defaults (AWQ with gptq rounding)."""
+    gptq = config if isinstance(config, GPTQConfig) else GPTQConfig()
+    linears = [layer.get_submodule(name) for name in names]
+    stacked = torch.cat([lin.weight.data for lin in linears])  # (sum N, K)
+    qw = alg.gptq_quantize(stacked, hessian, config.bits, config.group_size, config.sym, gptq.block_size,
+                           gptq.damp, gptq.act_order, config.clip)
+    delta = qw.dequantize() - stacked.float()
+    start = 0
+    for name, linear in zip(names, linears, strict=True):
+        rows = slice(start, start + linear.out_features)
+        start += linear.out_features
+        part = alg.QuantizedWeight(qw.q[rows], qw.scale[rows], qw.zero[rows], qw.bits, qw.group_size)
+        _set_module(layer, name, to_quant_linear(linear, part))
+    return float((delta @ hessian.float() * delta).sum() / delta.shape[0])
 
 
 def _input_stats(layer: Any, inputs: LayerInputs, names: list[str]) -> dict[str, tuple]:
@@ -101,7 +109,11 @@ def _input_stats(layer: Any, inputs: LayerInputs, names: list[str]) -> dict[str,
 def _awq_layer(layer: Any, inputs: LayerInputs, config: AWQConfig) -> dict[str, float]:
     groups = smooth_groups(layer)
     firsts = [next(iter(g.linears)) for g in groups]
-    stats = _input_stats(layer, inputs, firsts)  # all from the float layer
+    grouped = {name for g in groups for name in g.linears}
+    # with GPTQ rounding, Linears outside every group (o_proj under grouped-query attention) need
+    # their own Hessian too
+    others = [n for n in linear_modules(layer, config.skip) if n not in grouped and config.rounding == "gptq"]
+    stats = _input_stats(layer, inputs, firsts + others)  # all from the float layer
     losses = {}
     for group, first in zip(groups, firsts, strict=True):
         if any(any(s in n for s in config.skip) for n in group.linears):
@@ -110,7 +122,14 @@ def _awq_layer(layer: Any, inputs: LayerInputs, config: AWQConfig) -> dict[str, 
         scales, losses[group.name] = alg.awq_search_scales(*stats[first], weights, config.bits,
                                                            config.group_size, config.sym, config.grid)
         fold_scales(group, scales)
-    _quantize_layer_rtn(layer, config)
+        if config.rounding == "gptq":  # the group's inputs are now x / s: Hessian H / (s s^T)
+            hessian = stats[first][1] / (scales[:, None] * scales[None, :])
+            losses[group.name] = _gptq_replace(layer, list(group.linears), hessian, config)
+    if config.rounding == "gptq":
+        for name in others:
+            losses[name] = _gptq_replace(layer, [name], stats[name][1], config)
+    else:
+        _quantize_layer_rtn(layer, config)
     return losses
 
 

@@ -66,6 +66,9 @@ class AWQConfig(WeightQuantConfig):
     method: Literal["awq"] = "awq"
     grid: int = Field(default=20, ge=1)
     """Number of alpha values tried in [0, 1) for the scales x_mean^alpha / w_mean^(1-alpha)."""
+    rounding: Literal["rtn", "gptq"] = "rtn"
+    """How the rescaled weights are rounded: to nearest (AWQ as published) or by GPTQ with the
+    rescaled inputs' Hessian (AWQ then GPTQ, as llm-compressor recipes chain them)."""
 
 
 class W8A8Config(WeightQuantConfig):

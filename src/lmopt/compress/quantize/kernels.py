@@ -51,7 +51,7 @@ def pick_backend(layer: Any, backend: str) -> str:
     return backend
 
 
-def build_kernel(layer: Any, backend: str) -> dict[str, torch.Tensor]:
+def build_kernel(layer: Any, backend: str) -> dict[str, Any]:
     """The tensors `run_kernel` needs for `backend` (empty for dequant)."""
     if backend == "dequant":
         return {}
@@ -64,7 +64,7 @@ def build_kernel(layer: Any, backend: str) -> dict[str, torch.Tensor]:
         z = expand_groups(zero, layer.group_size, k)[:, ::g]
         sz = torch.stack([s, (8 - z) * s], dim=-1).transpose(0, 1).contiguous()  # (K/g, N, 2)
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
-        return {"weight": packed, "scales_zeros": sz.to(torch.bfloat16), "group": torch.tensor(g)}
+        return {"weight": packed, "scales_zeros": sz.to(torch.bfloat16), "group": g}
     signed = (q.to(torch.int16) - 128).to(torch.int8)  # (N, K) codes in [-128, 127]
     if backend == "int8":
         offset = (zero[:, 0] - 128) * scale[:, 0]  # 0 for symmetric codes
@@ -80,7 +80,7 @@ def run_kernel(layer: Any, x: torch.Tensor) -> torch.Tensor:
     kernel = layer._kernel
     if layer.backend == "int4":
         return torch.ops.aten._weight_int4pack_mm_for_cpu(
-            x.to(torch.bfloat16).contiguous(), kernel["weight"], int(kernel["group"]), kernel["scales_zeros"])
+            x.to(torch.bfloat16).contiguous(), kernel["weight"], kernel["group"], kernel["scales_zeros"])
     if layer.backend == "int8":
         y = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16).contiguous(), kernel["weight"],
                                                kernel["scale"])

@@ -22,10 +22,12 @@ de-quantized per call, or kept in memory when `cache_dense` is set (faster prefi
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 from lmopt.compress.quantize.algorithms import dequantize
+from lmopt.compress.quantize.kernels import fake_quant_activation, run_kernel
 from lmopt.compress.quantize.packing import pack_bits, packed_width, unpack_bits
 
 BACKENDS = ("auto", "int4", "int8", "w8a8", "dequant")
@@ -47,7 +49,7 @@ class QuantLinear(torch.nn.Module):
         self.register_buffer("zeros", torch.zeros(out_features, n_groups, dtype=torch.uint8))
         self.bias = torch.nn.Parameter(torch.zeros(out_features)) if bias else None
         self.backend, self.dense_rows, self.cache_dense = "dequant", 32, False
-        self._kernel: dict[str, torch.Tensor] = {}
+        self._kernel: dict[str, Any] = {}
         self._dense: torch.Tensor | None = None
 
     @classmethod
@@ -86,8 +88,6 @@ class QuantLinear(torch.nn.Module):
         return self.backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from lmopt.compress.quantize.kernels import fake_quant_activation, run_kernel
-
         rows = x.numel() // x.shape[-1]
         if self.backend in ("int4", "int8") and rows > self.dense_rows:
             weight = self._dense if self._dense is not None else self.dequantize(torch.bfloat16)
