@@ -61,7 +61,7 @@ def test_errors_name_file_and_line(tmp_path):
     with pytest.raises(LmoptError, match=r"bad.jsonl:2: chat row needs"):
         read_records(path)
     path.write_text('{"text": "ok"}\n{broken\n')
-    with pytest.raises(LmoptError, match=r"bad.jsonl:2: invalid JSON"):
+    with pytest.raises(LmoptError, match=r"bad.jsonl:2: row is invalid JSON"):
         read_records(path)
     with pytest.raises(LmoptError, match="cannot tell the format"):
         read_records([{"foo": 1}])
@@ -71,6 +71,29 @@ def test_errors_name_file_and_line(tmp_path):
         to_messages({"messages": [{"role": "robot", "content": "u"}]})
     with pytest.raises(LmoptError, match="file not found"):
         read_records(tmp_path / "missing.txt")
+
+
+def test_file_errors_name_every_bad_line(tmp_path):
+    """Files go through lmopt.data.load's reader: all bad lines are named, not just the first."""
+    from lmopt.data.text import file_text
+
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"text": "ok"}\n{broken\n{"text": "caf\xe9"}\n{"body": "x"}\n{also broken\n')
+    with pytest.raises(LmoptError, match=r"bad.jsonl:2: row is invalid JSON") as err:
+        read_records(path)
+    assert "3 bad rows in all" in str(err.value) and "line 2, 5" in str(err.value)
+    with pytest.raises(LmoptError, match=r"bad.jsonl:2: row is invalid JSON") as err:
+        file_text(path)
+    assert "4 bad rows in all" in str(err.value) and "has no 'text' field (line 4)" in str(err.value)
+    path.write_text('{"text": 5}\n{"text": "a\u2028b"}\n', encoding="utf-8")  # a raw U+2028 inside a string
+    assert file_text(path) == "5\n\na\u2028b"
+    array = tmp_path / "a.json"
+    array.write_bytes(b'[{"text": "ok", "meta": "\xff"}]')
+    with pytest.raises(LmoptError, match=r"a.json:1: row is not UTF-8"):
+        read_records(array)
+    array.write_text('"a string, not rows"')
+    with pytest.raises(LmoptError, match="expected a JSON array of rows"):
+        read_records(array)
 
 
 def test_split_is_fixed_by_seed_and_disjoint():

@@ -12,6 +12,8 @@ print(stream.bad.summary())                     # bad rows: counted per reason w
 A bad row (invalid JSON, text that is not UTF-8, a missing or non-string text field, a CSV row
 with the wrong number of fields) never stops the run and never vanishes: it is counted in
 `stream.bad` with its line number. `read_records(path, bad=...)` is the same as a plain iterator.
+`stream.iter_rows()` yields the parsed rows before any text field is picked (for rows of other shapes,
+such as chat messages); callers that cannot skip a row raise `stream.bad.error()`.
 
 Text fields: `text_field` names one field or several (joined by a blank line). By default the
 first of `DEFAULT_TEXT_FIELDS` found in the first good row is used; rows with `instruction` and
@@ -82,6 +84,15 @@ class BadRows:
         lines = {k: v[:100] for k, v in self.lines.items()}
         return {"total": self.total, "counts": dict(self.counts), "lines": lines}
 
+    def error(self) -> LmoptError:
+        """One error for callers that cannot skip rows: `file:line: row <reason>` of the first bad
+        row, then (when there are more) every reason with its lines."""
+        line, reason = min((lines[0], reason) for reason, lines in self.lines.items())
+        message = f"{self.source}:{line}: row {reason}"
+        if self.total > 1:
+            message += f" ({self.total} bad rows in all)\n{self.summary()}"
+        return LmoptError(message)
+
 
 def detect_format(path: str | Path) -> str:
     """The format from the name: `hf:` prefix, a saved-dataset dir, or the suffix (before `.gz`)."""
@@ -118,13 +129,17 @@ class RecordStream:
         self.rows = 0
 
     def __iter__(self) -> Iterator[Record]:
-        reader = {"txt": self._txt, "jsonl": self._jsonl, "json": self._json, "csv": self._csv,
-                  "parquet": self._parquet, "hf": self._hf}[self.format]
-        for line, row in reader():
+        for line, row in self.iter_rows():
             rec = self._record(line, row)
             if rec is not None:
                 self.rows += 1
                 yield rec
+
+    def iter_rows(self) -> Iterator[tuple[int, Any]]:
+        """(line, row) pairs as parsed, before any text field is picked; bad lines go into `bad`."""
+        reader = {"txt": self._txt, "jsonl": self._jsonl, "json": self._json, "csv": self._csv,
+                  "parquet": self._parquet, "hf": self._hf}[self.format]
+        return reader()
 
     # --- rows -> records -------------------------------------------------------------------------
     def _record(self, line: int, row: Any) -> Record | None:
@@ -210,6 +225,8 @@ class RecordStream:
                 raise LmoptError(f"{self.path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
         if isinstance(data, dict):  # {"data": [...]} or {"train": [...]}: the first list value
             data = next((v for v in data.values() if isinstance(v, list)), [data])
+        if not isinstance(data, list):  # a bare string or number is not rows (a string would yield chars)
+            raise LmoptError(f"{self.path}: expected a JSON array of rows")
         yield from enumerate(data, 1)
 
     def _csv(self) -> Iterator[tuple[int, Any]]:

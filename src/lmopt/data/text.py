@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from lmopt.errors import LmoptError
@@ -54,27 +53,34 @@ def wikitext2_text(data_dir: str | Path | None = None) -> str:
 
 
 def file_text(path: str | Path, field: str = "text") -> str:
-    """Text of a `.txt` file, or the `field` of each row of a `.jsonl` file joined by blank lines."""
+    """Text of a `.txt` file, or the `field` of each row of a `.jsonl` file joined by blank lines.
+
+    `.jsonl` rows are read by `lmopt.data.load`; every bad row (invalid JSON, not UTF-8, no `field`)
+    is collected first, so the one error names them all with their lines.
+    """
     path = Path(path)
+    if path.suffix == ".jsonl":
+        return _jsonl_text(path, field)
     if not path.exists():
         raise LmoptError(f"{path}: file not found")
     try:
-        raw = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise LmoptError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    if path.suffix != ".jsonl":
-        return raw
+
+
+def _jsonl_text(path: Path, field: str) -> str:
+    from lmopt.data.load import open_records
+
+    stream = open_records(path, format="jsonl")
     parts = []
-    for lineno, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LmoptError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or field not in row:
-            raise LmoptError(f"{path}:{lineno}: row has no '{field}' field")
-        parts.append(str(row[field]))
+    for line, row in stream.iter_rows():
+        if isinstance(row, dict) and field in row:
+            parts.append(str(row[field]))  # any JSON value as text, numbers included (as before)
+        else:
+            stream.bad.add(line, f"has no '{field}' field")
+    if stream.bad.total:
+        raise stream.bad.error()
     return "\n\n".join(parts)
 
 

@@ -6,8 +6,9 @@
 Files: `config.py` (TrainConfig, DistillConfig), `data.py` (reading rows), `examples.py` (packing,
 response-only labels), `losses.py` (CE and divergences, pure math), `optim.py` (AdamW groups, schedules,
 dropout), `lora.py` (peft), `loop.py` (the accelerate loop), `checkpoint.py` (resume), `callbacks.py`
-(hooks), `finetune.py` and `distill.py` (the verbs), `students.py` (students cut from a teacher),
-`step.py` (recipe steps), `cli.py` (`lmopt train`, `lmopt distill`).
+(hooks), `finetune.py` and `distill.py` (the verbs), `setup.py` (the run set-up both share: data,
+trainable model, loop wiring, result), `students.py` (students cut from a teacher), `step.py`
+(recipe steps), `cli.py` (`lmopt train`, `lmopt distill`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ __all__ = [
 
 _LAZY = {
     "finetune": "lmopt.train.finetune",
-    "TrainResult": "lmopt.train.finetune",
+    "TrainResult": "lmopt.train.setup",
     "distill": "lmopt.train.distill",
     "student_from_teacher": "lmopt.train.students",
 }

@@ -8,9 +8,20 @@ given on the command line override it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
+
+# Options both commands declare alike (type, flag and help), declared once so the two cannot drift
+# apart. The others differ between the commands: in help text (--output, --format, --config; distill
+# gives none for --max-minutes, --bf16, --registry, --json) or they belong to one command only.
+Data = Annotated[Path, typer.Option("--data", help=".txt, .jsonl or .json training data.")]
+Epochs = Annotated[float | None, typer.Option("--epochs")]
+MaxSteps = Annotated[int | None, typer.Option("--max-steps")]
+Lr = Annotated[float | None, typer.Option("--lr")]
+BatchSize = Annotated[int | None, typer.Option("--batch-size")]
+SeqLen = Annotated[int | None, typer.Option("--seq-len")]
+EvalEvery = Annotated[int | None, typer.Option("--eval-every")]
 
 
 def _config(path: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
@@ -57,20 +68,20 @@ def register(app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
         model: str = typer.Argument(..., help="Alias, .gguf file, HF directory or hub id."),
-        data: Path = typer.Option(..., "--data", help=".txt, .jsonl or .json training data."),
+        data: Data = ...,
         output: Path = typer.Option(..., "--output", "-o", help="Directory of the trained model."),
         format: str | None = typer.Option(None, "--format", help="auto, text (packed) or chat."),
         lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters (merged on save)."),
         lora_r: int | None = typer.Option(None, "--lora-r"),
-        epochs: float | None = typer.Option(None, "--epochs"),
-        max_steps: int | None = typer.Option(None, "--max-steps"),
+        epochs: Epochs = None,
+        max_steps: MaxSteps = None,
         max_minutes: float | None = typer.Option(None, "--max-minutes", help="Wall-clock budget."),
-        lr: float | None = typer.Option(None, "--lr"),
-        batch_size: int | None = typer.Option(None, "--batch-size"),
-        seq_len: int | None = typer.Option(None, "--seq-len"),
+        lr: Lr = None,
+        batch_size: BatchSize = None,
+        seq_len: SeqLen = None,
         weight_decay: float | None = typer.Option(None, "--weight-decay"),
         dropout: float | None = typer.Option(None, "--dropout"),
-        eval_every: int | None = typer.Option(None, "--eval-every"),
+        eval_every: EvalEvery = None,
         save_every: int | None = typer.Option(None, "--save-every"),
         val_data: Path | None = typer.Option(None, "--val-data"),
         bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast (fp32 master weights)."),
@@ -102,7 +113,7 @@ def register(app: typer.Typer) -> None:
     @app.command("distill")
     def distill_cmd(
         teacher: str = typer.Option(..., "--teacher", help="The teacher model reference."),
-        data: Path = typer.Option(..., "--data", help=".txt, .jsonl or .json training data."),
+        data: Data = ...,
         output: Path = typer.Option(..., "--output", "-o", help="Directory of the student."),
         student: str | None = typer.Option(None, "--student", help="A student model sharing the vocab."),
         student_layers: int | None = typer.Option(
@@ -117,13 +128,13 @@ def register(app: typer.Typer) -> None:
         hidden_weight: float | None = typer.Option(None, "--hidden-weight"),
         teacher_topk: int | None = typer.Option(None, "--teacher-topk", help="Cache teacher top-k logits."),
         format: str | None = typer.Option(None, "--format", help="auto, text or chat."),
-        epochs: float | None = typer.Option(None, "--epochs"),
-        max_steps: int | None = typer.Option(None, "--max-steps"),
+        epochs: Epochs = None,
+        max_steps: MaxSteps = None,
         max_minutes: float | None = typer.Option(None, "--max-minutes"),
-        lr: float | None = typer.Option(None, "--lr"),
-        batch_size: int | None = typer.Option(None, "--batch-size"),
-        seq_len: int | None = typer.Option(None, "--seq-len"),
-        eval_every: int | None = typer.Option(None, "--eval-every"),
+        lr: Lr = None,
+        batch_size: BatchSize = None,
+        seq_len: SeqLen = None,
+        eval_every: EvalEvery = None,
         bf16: bool = typer.Option(False, "--bf16"),
         config: Path | None = typer.Option(None, "--config", help="YAML with DistillConfig fields."),
         registry: str | None = typer.Option(None, "--registry"),

@@ -1,15 +1,18 @@
 """Training data in: read a path or an in-memory list into raw-text documents or chat conversations.
 
 Accepted sources:
-- a `.txt` file: raw text, documents separated by blank lines;
-- a `.jsonl` file, or a `.json` file holding an array, of rows shaped as one of:
+- a `.txt` file (any suffix but `.jsonl` and `.json`): raw text, documents separated by blank lines;
+- a `.jsonl` file, or a `.json` file holding an array (or an object whose first list holds them), of
+  rows shaped as one of:
   `{"text": ...}` (raw), `{"messages": [{"role", "content"}, ...]}`,
   `{"prompt", "response"}` (Dolly style), `{"instruction", "input", "output"}` (Alpaca style);
 - a list of strings (raw documents) or of such dicts;
 - a named text source of `lmopt.data.text` (`pydoc-train`, `pydoc`, `wikitext2`): raw text documents.
 
+Files are read by `lmopt.data.text.file_text` (text) and `lmopt.data.load` (jsonl, json rows).
 `read_records(source, format)` returns `("text", [str, ...])` or `("chat", [[message, ...], ...])`.
-Every bad row fails with one `LmoptError` naming the file and line (or the list index).
+Bad rows fail with one `LmoptError` naming the file and line (or the list index); rows the file reader
+rejects (invalid JSON, not UTF-8) are all named in it, with their lines.
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ NAMED_SOURCES = ("pydoc-train", "pydoc", "wikitext2")
 
 def read_records(source: str | Path | Sequence[Any], format: str = "auto") -> tuple[str, list[Any]]:
     """Read `source` and return (kind, records) with kind "text" or "chat" (see the module docstring)."""
-    if isinstance(source, str) and source in NAMED_SOURCES and not Path(source).exists():
-        from lmopt.data.text import load_text
+    from lmopt.data.text import file_text, load_text
 
-        rows, where = [d.strip() for d in load_text(source).split("\n\n") if d.strip()], source
+    if isinstance(source, str) and source in NAMED_SOURCES and not Path(source).exists():
+        rows, where = _documents(load_text(source)), source
     elif isinstance(source, (str, Path)):
-        rows, where = _read_file(Path(source))
+        path = Path(source)
+        rows = _json_rows(path) if path.suffix in (".jsonl", ".json") else _documents(file_text(path))
+        where = str(path)
     else:
         rows, where = list(source), "data"
     if not rows:
@@ -51,31 +56,35 @@ def _loc(where: str, index: int) -> str:
     return f"item {index}" if where == "data" else str(index + 1)
 
 
-def _read_file(path: Path) -> tuple[list[Any], str]:
-    if not path.exists():
-        raise LmoptError(f"{path}: file not found")
+def _documents(text: str) -> list[str]:
+    """Raw text split into documents on blank lines, each stripped."""
+    return [doc.strip() for doc in text.split("\n\n") if doc.strip()]
+
+
+def _json_rows(path: Path) -> list[Any]:
+    """Every row of a `.jsonl` / `.json` file; any bad row fails the read, naming all of them."""
+    from lmopt.data.load import open_records
+
+    stream = open_records(path, format=path.suffix[1:])
+    rows = []
+    for line, row in stream.iter_rows():
+        # load checks a jsonl line's bytes before parsing it, but a .json file is parsed whole (its
+        # undecodable bytes end up inside strings): check every string of the row, used or not
+        if stream.format == "json" and not _is_utf8(row):
+            stream.bad.add(line, "is not UTF-8")
+        else:
+            rows.append(row)
+    if stream.bad.total:
+        raise stream.bad.error()
+    return rows
+
+
+def _is_utf8(row: Any) -> bool:
     try:
-        raw = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise LmoptError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    if path.suffix == ".jsonl":
-        rows = []
-        for lineno, line in enumerate(raw.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise LmoptError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-        return rows, str(path)
-    if path.suffix == ".json":
-        try:
-            rows = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise LmoptError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-        if not isinstance(rows, list):
-            raise LmoptError(f"{path}: expected a JSON array of rows")
-        return rows, str(path)
-    return [doc.strip() for doc in raw.split("\n\n") if doc.strip()], str(path)
+        json.dumps(row, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _detect(rows: list[Any], where: str) -> str:

@@ -16,9 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from lmopt.errors import LmoptError
-from lmopt.train.callbacks import Callback, Callbacks
+from lmopt.train.callbacks import Callback
 from lmopt.train.config import DistillConfig
-from lmopt.train.finetune import TrainResult, collate_batch, prepare_data, summary
+from lmopt.train.setup import (
+    TrainResult,
+    collate_batch,
+    finish,
+    merge_adapters,
+    pad_token_id,
+    prepare_data,
+    prepare_model,
+    run_loop,
+)
 
 PROJECTION = "lmopt_distill_projection"
 
@@ -150,9 +159,7 @@ def distill(
     """
     import tempfile
 
-    from lmopt.models import LoadedModel
-    from lmopt.train.finetune import prepare_model
-    from lmopt.train.loop import train_loop, training_device
+    from lmopt.train.loop import training_device
 
     config = config or DistillConfig()
     check_vocab(teacher, student)
@@ -162,7 +169,7 @@ def distill(
             "the teacher on the fly: set one of them off"
         )
     prepared = prepare_data(data, student.tokenizer, config, val_data)
-    pad_id = student.tokenizer.pad_token_id if student.tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(student.tokenizer)
     device = training_device()
     t_model = teacher.model.to(device).eval().requires_grad_(False)
     run_path = Path(run_dir) if run_dir else None
@@ -183,38 +190,19 @@ def distill(
             layers = layer_map(s_model, t_model.config.num_hidden_layers)
             attach_projection(s_model, t_model)
         loss_fn = functools.partial(distill_loss, teacher=t_model, config=config, layers=layers, cache=cache)
-        outcome = train_loop(
+        outcome = run_loop(
             s_model,
-            prepared.train,
-            prepared.val,
+            prepared,
             loss_fn,
             config,
-            collate=functools.partial(collate_batch, pad_id=pad_id),
-            callbacks=Callbacks(callbacks, label="distill"),
+            pad_id=pad_id,
+            callbacks=callbacks,
             run_dir=run_path,
             label="distill",
         )
     trained = outcome.model
-    if config.load_best and outcome.best is not None:
-        trained.load_state_dict(outcome.best, strict=False)
-    if hasattr(trained, PROJECTION):
+    if hasattr(trained, PROJECTION):  # the hidden-state projections train with the student, not ship with it
         delattr(trained, PROJECTION)
-    if config.method == "lora" and config.merge_lora:
-        from lmopt.train.lora import merge_lora
-
-        trained = merge_lora(trained)
-    metrics = {**summary(outcome, prepared, config), "teacher": teacher.ref, "loss": config.loss}
-    card = student.card.model_copy(
-        update={
-            "parent": student.ref,
-            "step": "distill",
-            "config": config.to_dict(),
-            "metrics": {**student.card.metrics, "distill": metrics},
-        }
-    )
-    return TrainResult(
-        LoadedModel(trained, student.tokenizer, student.ref, None, card),
-        metrics,
-        outcome.state.history,
-        outcome.state.stopped,
-    )
+    _, trained = merge_adapters(trained, config)  # no separate `adapter`: an unmerged student is the model
+    extra = {"teacher": teacher.ref, "loss": config.loss}
+    return finish(student, trained, outcome, prepared, config, "distill", extra_metrics=extra)

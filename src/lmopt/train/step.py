@@ -99,7 +99,7 @@ def cut_student(teacher: Any, data: Path, config: DistillStepConfig) -> Any:
     if config.layer_selection == "block_influence":
         import torch
 
-        from lmopt.train.finetune import prepare_data
+        from lmopt.train.setup import prepare_data
 
         prepared = prepare_data(data, teacher.tokenizer, config)
         batches = [torch.tensor([ex["input_ids"]]) for ex in prepared.train[:8]]
