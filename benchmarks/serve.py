@@ -29,6 +29,7 @@ MODEL = os.environ.get("LMOPT_BENCH_MODEL", "smollm2-135m-instruct")  # override
 LLAMA_CPP_TOK_S = 63.0  # shared/notes/cpu-probes.md: llama.cpp, same Q4_1 GGUF, 2 threads, batch-1 decode
 VARIANTS = ("fp32", "bf16", "int8", "int4")
 THREADS = int(os.environ.get("LMOPT_BENCH_THREADS", "2"))  # set by --threads (children inherit it)
+STEP_TOKENS = int(os.environ.get("LMOPT_BENCH_STEP_TOKENS", "1024"))  # set by --max-step-tokens
 
 
 def build(variant: str) -> Any:
@@ -50,8 +51,8 @@ def build(variant: str) -> Any:
 def engine_config(max_batch: int = 32) -> Any:
     from lmopt.serve.config import EngineConfig
 
-    return EngineConfig(max_batch=max_batch, max_model_len=512, kv_cache_mb=1024, max_step_tokens=256,
-                        prefill_chunk=256, threads=THREADS)
+    return EngineConfig(max_batch=max_batch, max_model_len=512, kv_cache_mb=1024, max_step_tokens=STEP_TOKENS,
+                        prefill_chunk=min(STEP_TOKENS, 512), threads=THREADS)
 
 
 # ---- decode at batch 1 ----
@@ -197,7 +198,7 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def main() -> None:
-    global THREADS
+    global THREADS, STEP_TOKENS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="decode,load,variants")
     parser.add_argument("--variants", default=",".join(VARIANTS))
@@ -205,15 +206,19 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--rate", type=float, default=1.5, help="Poisson arrivals/s of the open-loop run")
     parser.add_argument("--threads", type=int, default=THREADS)
+    parser.add_argument("--max-step-tokens", type=int, default=STEP_TOKENS,
+                        help="engine token budget per iteration (prefill chunk: min(this, 512))")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     parts, variants = args.parts.split(","), args.variants.split(",")
-    THREADS = args.threads
-    os.environ["LMOPT_BENCH_THREADS"] = str(args.threads)  # the server children read it
+    THREADS, STEP_TOKENS = args.threads, args.max_step_tokens
+    os.environ["LMOPT_BENCH_THREADS"] = str(args.threads)  # the server children read these
+    os.environ["LMOPT_BENCH_STEP_TOKENS"] = str(args.max_step_tokens)
     from lmopt.hardware import apply_threads, measure_bandwidth
 
     apply_threads(THREADS)
     out: dict[str, Any] = {"machine": "2-core Intel Xeon (AVX-512, AMX), 24 GB, no GPU", "threads": THREADS,
+                           "max_step_tokens": STEP_TOKENS,
                            "load_average_start": os.getloadavg()[0],
                            "bandwidth_gbs": round(measure_bandwidth(), 2)}
     if "decode" in parts:

@@ -20,9 +20,12 @@ class EngineConfig(Config):
     """Most tokens (prompt + output) of one request; each slot reserves this many."""
     kv_cache_mb: float = Field(default=1024.0, gt=0)
     """Memory limit of the KV cache; fewer slots than max_batch are made when it is too small."""
-    max_step_tokens: int = Field(default=256, ge=1)
-    """Token budget of one iteration: one per decoding request, the rest for prefill chunks."""
-    prefill_chunk: int = Field(default=256, ge=1)
+    max_step_tokens: int = Field(default=1024, ge=1)
+    """Token budget of one iteration: one per decoding request, the rest for prefill chunks. Larger
+    budgets prefill a burst of prompts in fewer, more efficient iterations (embedded model, 16 requests
+    at once: p99 time to first token 2.3 s at 256, 1.8 s at 1024) at the cost of longer pauses for the
+    requests already decoding."""
+    prefill_chunk: int = Field(default=512, ge=1)
     """Most prompt tokens of one request processed in one iteration (chunked prefill)."""
     max_queue: int = Field(default=256, ge=0)
     """Requests waiting for a slot beyond which new ones are refused (HTTP 429)."""
