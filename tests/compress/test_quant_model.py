@@ -62,6 +62,17 @@ def test_calibrated_methods_beat_rtn(wide, windows, held_out):
     assert len(layers) == 2 * 7 + 1 and layers["model.layers.0.mlp.gate_proj"].scales.shape == (128, 2)
 
 
+def test_awq_gptq_rounding_keeps_the_folded_model_equivalent(wide, windows, held_out):
+    # At 8 bits rounding is nearly free, so the quantized model must stay close to the float one;
+    # a fold applied to an already-quantized Linear (up_proj for the down group) once broke that.
+    errors = {}
+    for rounding in ("rtn", "gptq"):
+        model = copy.deepcopy(wide.model)
+        quantize(model, AWQConfig(bits=8, group_size=32, grid=10, rounding=rounding, lm_head_bits=None), windows)
+        errors[rounding] = _logit_error(model, wide.model, held_out)
+    assert errors["gptq"] < 2 * errors["rtn"] + 1e-6
+
+
 def test_gptq_shares_hessians_only_between_linears_fed_the_same_tensor(windows):
     # Regression: sharing was once keyed by the input's data_ptr, and a freed activation's address
     # reused by a later one made gate/up share q/k/v's Hessian in some layers.

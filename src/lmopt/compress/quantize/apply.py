@@ -114,7 +114,7 @@ def _awq_layer(layer: Any, inputs: LayerInputs, config: AWQConfig) -> dict[str, 
     # their own Hessian too
     others = [n for n in linear_modules(layer, config.skip) if n not in grouped and config.rounding == "gptq"]
     stats = _input_stats(layer, inputs, firsts + others)  # all from the float layer
-    losses = {}
+    losses, folded = {}, []
     for group, first in zip(groups, firsts, strict=True):
         if any(any(s in n for s in config.skip) for n in group.linears):
             continue
@@ -122,14 +122,17 @@ def _awq_layer(layer: Any, inputs: LayerInputs, config: AWQConfig) -> dict[str, 
         scales, losses[group.name] = alg.awq_search_scales(*stats[first], weights, config.bits,
                                                            config.group_size, config.sym, config.grid)
         fold_scales(group, scales)
-        if config.rounding == "gptq":  # the group's inputs are now x / s: Hessian H / (s s^T)
-            hessian = stats[first][1] / (scales[:, None] * scales[None, :])
-            losses[group.name] = _gptq_replace(layer, list(group.linears), hessian, config)
-    if config.rounding == "gptq":
-        for name in others:
-            losses[name] = _gptq_replace(layer, [name], stats[name][1], config)
-    else:
+        folded.append((group, first, scales))
+    # Rounding only after every fold: a later group's fold rescales an earlier group's Linear (the
+    # down group divides up_proj's rows), which must still be a float Linear then.
+    if config.rounding == "rtn":
         _quantize_layer_rtn(layer, config)
+        return losses
+    for group, first, scales in folded:  # the group's inputs are now x / s: Hessian H / (s s^T)
+        hessian = stats[first][1] / (scales[:, None] * scales[None, :])
+        losses[group.name] = _gptq_replace(layer, list(group.linears), hessian, config)
+    for name in others:
+        losses[name] = _gptq_replace(layer, [name], stats[name][1], config)
     return losses
 
 
