@@ -68,7 +68,8 @@ def test_awq_gptq_rounding_keeps_the_folded_model_equivalent(wide, windows, held
     errors = {}
     for rounding in ("rtn", "gptq"):
         model = copy.deepcopy(wide.model)
-        quantize(model, AWQConfig(bits=8, group_size=32, grid=10, rounding=rounding, lm_head_bits=None), windows)
+        config = AWQConfig(bits=8, group_size=32, grid=10, rounding=rounding, lm_head_bits=None)
+        quantize(model, config, windows)
         errors[rounding] = _logit_error(model, wide.model, held_out)
     assert errors["gptq"] < 2 * errors["rtn"] + 1e-6
 

@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
         max_prompt_tokens: int | None = typer.Option(None, "--max-prompt-tokens"),
         kv_cache_mb: float = typer.Option(1024.0, "--kv-cache-mb", help="KV cache memory limit."),
         max_step_tokens: int = typer.Option(1024, "--max-step-tokens", help="Token budget per iteration."),
-        prefill_chunk: int = typer.Option(512, "--prefill-chunk", help="Prompt tokens per request per iteration."),
+        prefill_chunk: int = typer.Option(512, "--prefill-chunk", help="Prompt tokens per request per step."),
         max_queue: int = typer.Option(256, "--max-queue", help="Waiting requests before answering 429."),
         name: str | None = typer.Option(None, "--name", help="Model id shown by /v1/models."),
         dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16."),

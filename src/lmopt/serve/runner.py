@@ -134,11 +134,17 @@ class ModelRunner:
     def _attention(self, layer_idx: int, plan: _LayerPlan, h: torch.Tensor, step: _Step,
                    cache: KVCache) -> torch.Tensor:
         n, d = h.shape[0], self.head_dim
-        q, k, v = plan.qkv(h)
-        q, k, v = q.view(n, -1, d), k.view(n, -1, d), v.view(n, -1, d)  # (N, H, D), (N, KVH, D) x2
-        if plan.qk_norm is not None:  # qwen3 normalizes q and k per head before the rotation
-            q, k = plan.qk_norm[0](q), plan.qk_norm[1](k)
-        q, k = apply_rotary(q, *step.rope), apply_rotary(k, *step.rope)
+        if plan.qkv_joint is not None:  # one (N, (H + 2 KVH) D) output: rotate q and k in one go
+            out = plan.qkv_joint(h)
+            width = (self.num_heads + self.kv_heads) * d
+            qk = apply_rotary(out[:, :width].view(n, -1, d), *step.rope)  # (N, H + KVH, D)
+            q, k, v = qk[:, :self.num_heads], qk[:, self.num_heads:], out[:, width:].view(n, -1, d)
+        else:
+            q, k, v = plan.qkv(h)
+            q, k, v = q.view(n, -1, d), k.view(n, -1, d), v.view(n, -1, d)  # (N, H, D), (N, KVH, D) x2
+            if plan.qk_norm is not None:  # qwen3 normalizes q and k per head before the rotation
+                q, k = plan.qk_norm[0](q), plan.qk_norm[1](k)
+            q, k = apply_rotary(q, *step.rope), apply_rotary(k, *step.rope)
         cache.write(layer_idx, step.slots, step.positions, k, v)
         kc, vc = cache.k[layer_idx], cache.v[layer_idx]
         parts = []
@@ -189,6 +195,8 @@ class _LayerPlan:
     qkv: Callable[[torch.Tensor], Any]
     """h (N, hidden) -> (q, k, v), each (N, heads * head_dim)."""
     qk_norm: tuple[Any, Any] | None
+    qkv_joint: Callable[[torch.Tensor], torch.Tensor] | None
+    """The stacked q/k/v matmul without the split, when there is one and no q/k norm."""
     o_proj: Callable[[torch.Tensor], torch.Tensor]
     mlp: Callable[[torch.Tensor], torch.Tensor]
 
@@ -209,9 +217,10 @@ class _LayerPlan:
                 gate, up = both(h)
                 return down(act(gate) * up)
         qk_norm = (attn.q_norm, attn.k_norm) if hasattr(attn, "q_norm") else None
+        joint = _direct(qkv.inner) if qkv is not None and qk_norm is None else None
         return cls(_rms_norm(layer.input_layernorm, fused_norm),
                    _rms_norm(layer.post_attention_layernorm, fused_norm),
-                   qkv_fn, qk_norm, _direct(attn.o_proj), mlp_fn)
+                   qkv_fn, qk_norm, joint, _direct(attn.o_proj), mlp_fn)
 
 
 @dataclass
