@@ -8,7 +8,9 @@ computes projections that read the same input as one stacked matrix and splits t
 The stacked weight is a copy (the model itself is left untouched, so it can still be saved or
 used elsewhere): about 80% of the decoder weights, a cost the engine config can turn off
 (`fuse_projections`). Quantized layers (`QuantLinear`) are stacked from their integer codes into
-one `QuantLinear` on the same backend; layers of different kinds or grids are not fused.
+one `QuantLinear` on the same backend (their dense bf16 prompt-chunk copies, when kept, become row
+views of the fused one's, so that copy is not doubled); layers of different kinds or grids are not
+fused.
 """
 
 from __future__ import annotations
@@ -76,6 +78,12 @@ def _fuse_quantized(linears: list[Any], sizes: list[int]) -> FusedLinear | None:
                                    torch.cat([lin.scales.float() for lin in linears]),
                                    torch.cat([lin.zeros.float() for lin in linears]),
                                    first.bits, first.group_size, bias).to(first.qweight.device)
-    if fused.prepare(first.backend, first.dense_rows, first.cache_dense) != first.backend:
+    if fused.prepare(first.backend, first.dense_rows) != first.backend:
         return None
+    if first.cache_dense:  # one dense prompt-chunk copy, not two: the originals' become row views of it
+        fused._dense, fused.cache_dense = torch.cat([lin._dense for lin in linears]), True
+        start = 0
+        for lin in linears:
+            lin._dense = fused._dense[start:start + lin.out_features]
+            start += lin.out_features
     return FusedLinear(fused, sizes)
