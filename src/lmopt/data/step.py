@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from lmopt.data.augment import augment
+from lmopt.data.clean import clean
 from lmopt.data.config import AugmentConfig, CleanConfig
 from lmopt.errors import LmoptError
-from lmopt.pipeline.steps import StepContext, StepResult, register_step
+from lmopt.step import Step, StepContext, StepResult
 
 
 def _input(ctx: StepContext, step: str) -> Any:
@@ -25,32 +27,25 @@ def _input(ctx: StepContext, step: str) -> Any:
     return ctx.data
 
 
-@register_step("clean", CleanConfig)
 def clean_step(ctx: StepContext, config: CleanConfig) -> StepResult:
     """Clean the dataset: normalize, quality-filter, decontaminate, scrub PII, deduplicate."""
-    from lmopt.data.clean import clean
-
     out = ctx.output / "data.jsonl"
     result = clean(_input(ctx, "clean"), config, output=out, data_dir=ctx.data_dir,
                    report_dir=ctx.output / "report")
     rep = result.report.to_dict()
     metrics = {k: rep[k] for k in ("rows_in", "rows_out", "removed", "pii", "filters", "seconds")}
     metrics["bad_rows"] = rep["bad_rows"].get("total", 0)
-    if ctx.registry is not None:
-        ctx.registry.record("clean", str(ctx.model) if ctx.model else None, metrics, task=str(ctx.data),
-                            config=config.to_dict())
     return StepResult(data=out, metrics=metrics)
 
 
-@register_step("augment", AugmentConfig)
 def augment_step(ctx: StepContext, config: AugmentConfig) -> StepResult:
     """Augment the dataset with EDA edits and/or model paraphrases (originals kept)."""
-    from lmopt.data.augment import augment
-
     model = config.model or (str(ctx.model) if ctx.model and "paraphrase" in config.methods else None)
     out = ctx.output / "data.jsonl"
     result = augment(_input(ctx, "augment"), config, output=out, model=model)
     metrics = result.to_dict()
-    if ctx.registry is not None:
-        ctx.registry.record("augment", model, metrics, task=str(ctx.data), config=config.to_dict())
     return StepResult(data=out, metrics=metrics)
+
+
+CLEAN = Step("clean", CleanConfig, clean_step)
+AUGMENT = Step("augment", AugmentConfig, augment_step)

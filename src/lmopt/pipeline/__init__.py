@@ -1,7 +1,10 @@
-"""Pipeline: the step registry and YAML recipes (lists of steps, cached and resumable)."""
+"""The recipe runner: YAML recipes (lists of steps), run top to bottom, cached and resumable.
 
-from lmopt.pipeline.recipe import Recipe, load_recipe_file, one_step_recipe, run_recipe
-from lmopt.pipeline.steps import STEPS, StepContext, StepResult, available_steps, get_step, register_step
+The step protocol itself (Step, StepContext, StepResult, the step table) is `lmopt.step`, below every
+stage; this package sits on top of the stages and imports them only through that table.
+"""
 
-__all__ = ["STEPS", "Recipe", "StepContext", "StepResult", "available_steps", "get_step",
-           "load_recipe_file", "one_step_recipe", "register_step", "run_recipe"]
+from lmopt.pipeline.recipe import Recipe, RecipeEvaluate, load_recipe_file, one_step_recipe
+from lmopt.pipeline.runner import run_recipe, step_key
+
+__all__ = ["Recipe", "RecipeEvaluate", "load_recipe_file", "one_step_recipe", "run_recipe", "step_key"]

@@ -11,14 +11,23 @@ from __future__ import annotations
 from pydantic import Field
 
 from lmopt.configs import Config
-from lmopt.pipeline.steps import StepContext, StepResult, register_step
+from lmopt.models import load_model
+from lmopt.serve.api import create_app
+from lmopt.serve.async_engine import AsyncEngine
+from lmopt.serve.bench import LoadConfig, generate_baseline, make_workload, run_load
 from lmopt.serve.config import EngineConfig, ServerConfig
+from lmopt.serve.engine import Engine
+from lmopt.serve.server import BackgroundServer
+from lmopt.step import Step, StepContext, StepResult
 
 
 class ServeBenchConfig(Config):
+    """Load tests of the current model served on 127.0.0.1, one per concurrency level."""
+
     concurrency: list[int] = Field(default_factory=lambda: [1, 4, 16], min_length=1)
     """Concurrency levels, one load test each, same prompts."""
     requests: int = Field(default=32, ge=1)
+    """Requests per load test."""
     prompt_len: tuple[int, int] = (32, 256)
     """Prompt tokens, uniform in [lo, hi]."""
     output_len: tuple[int, int] = (32, 128)
@@ -28,18 +37,12 @@ class ServeBenchConfig(Config):
     baseline: bool = False
     """Also serve the same prompts one at a time with transformers `generate`."""
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    """The serving engine's settings (batch, KV cache, token budget)."""
 
 
-@register_step("serve-bench", ServeBenchConfig)
 def serve_bench_step(ctx: StepContext, config: ServeBenchConfig) -> StepResult:
     """Serve the current model (OpenAI API on 127.0.0.1) and measure throughput and latency."""
-    from lmopt.serve.api import create_app
-    from lmopt.serve.async_engine import AsyncEngine
-    from lmopt.serve.bench import LoadConfig, generate_baseline, make_workload, run_load
-    from lmopt.serve.engine import Engine
-    from lmopt.serve.server import BackgroundServer
-
-    loaded = ctx.load_model()
+    loaded = load_model(ctx.require_model(), dtype=ctx.dtype)
     server_config = ServerConfig(port=0, max_tokens=config.output_len[1])
     app = create_app(AsyncEngine(Engine(loaded, config.engine)), server_config, model_name=str(ctx.model))
     results: dict = {"engine": {}}
@@ -52,7 +55,7 @@ def serve_bench_step(ctx: StepContext, config: ServeBenchConfig) -> StepResult:
     if config.baseline:
         jobs = make_workload(LoadConfig(url="-", **shape), loaded.tokenizer)  # the same prompts
         results["generate"] = generate_baseline(loaded.model, loaded.tokenizer, jobs)
-    if ctx.registry is not None:
-        ctx.registry.record("serve-bench", str(ctx.model), results, model_hash=loaded.hash,
-                            config=config.to_dict())
-    return StepResult(metrics=results)
+    return StepResult(metrics=results, model_hash=loaded.hash)
+
+
+SERVE_BENCH = Step("serve-bench", ServeBenchConfig, serve_bench_step, cache=False)

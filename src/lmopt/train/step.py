@@ -1,4 +1,4 @@
-"""The `finetune` and `distill` recipe steps: load, train, save an artifact with lineage, record.
+"""The `finetune` and `distill` recipe steps: load, train, save an artifact with its lineage card.
 
 Checkpoints go to `<step dir>.run/` next to the step's output dir (the recipe runner clears the step
 dir before a retry, the `.run` dir survives), so re-running an interrupted recipe resumes training
@@ -11,9 +11,18 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lmopt.errors import LmoptError
-from lmopt.pipeline.steps import StepContext, StepResult, register_step
-from lmopt.train.config import DistillStepConfig, FinetuneStepConfig
+from lmopt.hardware import apply_threads
+from lmopt.models import load_model, save_model
+from lmopt.step import Step, StepContext, StepResult
+from lmopt.train.config import DistillConfig, DistillStepConfig, FinetuneStepConfig, TrainConfig
+from lmopt.train.data import NAMED_SOURCES
+from lmopt.train.distill import distill
+from lmopt.train.finetune import finetune
+from lmopt.train.setup import prepare_data
+from lmopt.train.students import student_from_teacher
 
 
 def run_dir_for(ctx: StepContext) -> Path:
@@ -23,8 +32,6 @@ def run_dir_for(ctx: StepContext) -> Path:
 
 def data_paths(ctx: StepContext, config: Any) -> tuple[Path | str, Path | None]:
     """The training data (a path, or a named text source such as `pydoc-train`) and validation path."""
-    from lmopt.train.data import NAMED_SOURCES
-
     if config.data in NAMED_SOURCES:
         data: Path | str | None = config.data
     else:
@@ -38,45 +45,30 @@ def data_paths(ctx: StepContext, config: Any) -> tuple[Path | str, Path | None]:
 
 
 def save_result(ctx: StepContext, result: Any, parent: Any, run_dir: Path) -> StepResult:
-    """Save the trained model with its card (parent hash added), record, clean the run dir."""
-    from lmopt.models import save_model
-
+    """Save the trained model with its card (parent hash added), clean the run dir."""
     card = result.model.card.model_copy(update={"parent_hash": parent.hash})
     path = save_model(result.model.model, result.model.tokenizer, ctx.output, card)
-    if ctx.registry is not None:
-        kind = card.step or "train"
-        ctx.registry.record(kind, str(ctx.model), result.metrics, model_hash=parent.hash, config=card.config)
     shutil.rmtree(run_dir, ignore_errors=True)
-    return StepResult(model=path, metrics={**result.metrics, "history": result.history})
+    return StepResult(model=path, metrics={**result.metrics, "history": result.history},
+                      model_hash=parent.hash)
 
 
-@register_step("finetune", FinetuneStepConfig)
 def finetune_step(ctx: StepContext, config: FinetuneStepConfig) -> StepResult:
     """Fine-tune the current model (full or LoRA) on raw text or chat data."""
-    from lmopt.hardware import apply_threads
-    from lmopt.train.config import TrainConfig
-    from lmopt.train.finetune import finetune
-
     apply_threads()
     data, val = data_paths(ctx, config)
-    loaded = ctx.load_model(dtype="float32")  # master weights in fp32; bf16 is autocast, not storage
+    loaded = load_model(ctx.require_model(), dtype="float32")  # master weights in fp32; bf16 is autocast, not storage
     train_config = TrainConfig(**config.model_dump(exclude={"data", "val_data"}))
     run_dir = run_dir_for(ctx)
     result = finetune(loaded, data, train_config, val_data=val, run_dir=run_dir)
     return save_result(ctx, result, loaded, run_dir)
 
 
-@register_step("distill", DistillStepConfig)
 def distill_step(ctx: StepContext, config: DistillStepConfig) -> StepResult:
     """Distill the current model (the teacher) into a student: a given model or the teacher cut down."""
-    from lmopt.hardware import apply_threads
-    from lmopt.models import load_model
-    from lmopt.train.config import DistillConfig
-    from lmopt.train.distill import distill
-
     apply_threads()
     data, val = data_paths(ctx, config)
-    teacher = ctx.load_model(dtype="float32")
+    teacher = load_model(ctx.require_model(), dtype="float32")
     if config.student is not None:
         ref = config.student
         local = ctx.resolve_path(ref)
@@ -93,14 +85,12 @@ def distill_step(ctx: StepContext, config: DistillStepConfig) -> StepResult:
 
 def cut_student(teacher: Any, data: Path, config: DistillStepConfig) -> Any:
     """The teacher cut to `student_layers` layers (block influence measured on 8 training blocks)."""
-    from lmopt.train.students import student_from_teacher
-
     batches = None
     if config.layer_selection == "block_influence":
-        import torch
-
-        from lmopt.train.setup import prepare_data
-
         prepared = prepare_data(data, teacher.tokenizer, config)
         batches = [torch.tensor([ex["input_ids"]]) for ex in prepared.train[:8]]
     return student_from_teacher(teacher, config.student_layers, config.layer_selection, batches)
+
+
+FINETUNE = Step("finetune", FinetuneStepConfig, finetune_step)
+DISTILL = Step("distill", DistillStepConfig, distill_step)

@@ -21,8 +21,11 @@ from typing import Any
 
 from pydantic import Field
 
-from lmopt.pipeline.steps import StepContext, StepResult, register_step
+from lmopt.io import atomic_directory
+from lmopt.step import Step, StepContext, StepResult
 from lmopt.tune.config import TuneConfig, TuneJob
+from lmopt.tune.space import SearchSpace
+from lmopt.tune.tuner import run_job
 
 
 class TuneStepConfig(TuneConfig):
@@ -37,8 +40,6 @@ class TuneStepConfig(TuneConfig):
 
 
 def job_from_step(ctx: StepContext, config: TuneStepConfig) -> TuneJob:
-    from lmopt.tune.space import SearchSpace
-
     if isinstance(config.space, str):
         space = SearchSpace.from_yaml(ctx.resolve_path(config.space))
     else:
@@ -54,20 +55,17 @@ def job_from_step(ctx: StepContext, config: TuneStepConfig) -> TuneJob:
                    dtype=ctx.dtype)
 
 
-@register_step("tune", TuneStepConfig)
 def tune_step(ctx: StepContext, config: TuneStepConfig) -> StepResult:
     """Tune a training step's hyperparameters; the best model becomes the recipe's current model."""
-    from lmopt.models.save import atomic_directory
-    from lmopt.tune.tuner import run_job
-
     job = job_from_step(ctx, config)
     result = run_job(job, log=lambda _msg: None)
     metrics = {"study": result.study_name, "output": str(result.output), "best_trial": result.best_trial,
                "best_values": result.best_values, "best_params": result.best_params,
                "counts": result.counts, "pareto": result.pareto}
-    if ctx.registry is not None:
-        ctx.registry.record("tune", job.model, metrics, task=job.target, config=config.to_dict())
     if result.best_model is None:
         return StepResult(metrics=metrics)
     atomic_directory(ctx.output, lambda tmp: shutil.copytree(result.best_model, tmp, dirs_exist_ok=True))
     return StepResult(model=ctx.output, metrics=metrics)
+
+
+TUNE = Step("tune", TuneStepConfig, tune_step)

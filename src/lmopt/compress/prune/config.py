@@ -1,18 +1,19 @@
 """Typed configs of the pruning methods (no torch import: reading a recipe stays instant).
 
 `prune(model, WandaConfig(sparsity=0.5))`, `prune(model, StructuredConfig(mlp=0.25, heads=0.25,
-layers=4))`. The recipe step `prune` takes one flat map with a `method` key (`PruneStepConfig`).
+layers=4))`. The recipe step `prune` takes one flat map with a `method` key (`PruneStepConfig`): that
+method's own config, chosen by pydantic from `method`.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator
 
-from lmopt.compress.calibration import CalibrationConfig
+from lmopt.compress.config import CalibrationConfig
 from lmopt.compress.prune.recovery import RecoveryConfig
-from lmopt.configs import Config
+from lmopt.configs import Config, method_union
 
 
 def _default_calibration() -> CalibrationConfig:
@@ -94,6 +95,9 @@ class StructuredConfig(Config):
     calibration: CalibrationConfig = Field(
         default_factory=lambda: CalibrationConfig(n_samples=32, seq_len=512))
     """Calibration text and amount for importances, block influence and the refit."""
+    recover: RecoveryConfig | None = None
+    """The `prune` step only: distill the unpruned model into the pruned one afterwards (None = no
+    recovery). Unstructured methods have no such field: training would refill their zeros."""
     version: int = 1
 
 
@@ -104,47 +108,6 @@ METHOD_CONFIGS: dict[str, type[Config]] = {
 PruneMethodConfig = MagnitudeConfig | WandaConfig | SparseGPTConfig | StructuredConfig
 
 
-class PruneStepConfig(Config):
-    """The `prune` recipe step: `method` plus that method's own fields, e.g.
-    `{method: sparsegpt, sparsity: 0.5, pattern: "2:4"}` or `{method: structured, mlp: 0.25, layers: 4}`.
-    """
-
-    method: Literal["magnitude", "wanda", "sparsegpt", "structured"] = "wanda"
-    """Which pruning method; its config class documents the other fields."""
-    sparsity: float | None = None
-    pattern: str | None = None
-    skip: list[str] | None = None
-    calibration: CalibrationConfig | None = None
-    blocksize: int | None = None
-    damp: float | None = None
-    mlp: float | None = None
-    heads: float | None = None
-    head_mode: Literal["query", "group"] | None = None
-    layers: int | None = None
-    importance: Literal["activation", "taylor"] | None = None
-    refit: bool | None = None
-    round_to: int | None = None
-    recover: RecoveryConfig | None = None
-    """Structured only: distill the unpruned model into the pruned one afterwards (None = no recovery)."""
-
-    @model_validator(mode="after")
-    def _check_fields(self) -> PruneStepConfig:
-        self.method_config()
-        if self.recover is not None and self.method != "structured":
-            raise ValueError("recover: only structured pruning is recovered "
-                             "(training would refill the zeros)")
-        return self
-
-    def method_config(self) -> PruneMethodConfig:
-        """The typed config of `method` built from the fields that were set."""
-        own = self.model_dump(exclude_none=True).items()
-        fields = {k: v for k, v in own if k not in ("method", "recover")}
-        cls = METHOD_CONFIGS[self.method]
-        try:
-            return cls.model_validate(fields)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"])
-            extra = err["type"] == "extra_forbidden"
-            reason = f"not a field of method '{self.method}'" if extra else err["msg"]
-            raise ValueError(f"{loc}: {reason}") from None
+PruneStepConfig = method_union(list(METHOD_CONFIGS.values()), default="wanda")
+"""The `prune` recipe step: `method` plus that method's own fields, e.g.
+`{method: sparsegpt, sparsity: 0.5, pattern: "2:4"}` or `{method: structured, mlp: 0.25, layers: 4}`."""

@@ -18,7 +18,6 @@ from typing import Any
 import torch
 
 from lmopt.compress.calibration import (
-    CalibrationConfig,
     LayerInputs,
     calibration_windows,
     collect_linear_inputs,
@@ -157,24 +156,23 @@ def _w8a8_layer(layer: Any, inputs: LayerInputs, config: W8A8Config) -> dict[str
 LAYER_METHODS = {"gptq": _gptq_layer, "awq": _awq_layer, "w8a8": _w8a8_layer}
 
 
-def _windows(model: Any, calibration: Any, tokenizer: Any) -> torch.Tensor:
-    if isinstance(calibration, torch.Tensor):
-        return calibration
-    config = calibration if calibration is not None else CalibrationConfig()
+def _windows(config: WeightQuantConfig, windows: torch.Tensor | None, tokenizer: Any) -> torch.Tensor:
+    if windows is not None:
+        return windows
+    calibration = config.calibration
     if tokenizer is None:
-        raise LmoptError("quantize: calibrated methods need `tokenizer=` "
-                         "(or calibration= a tensor of token ids)")
-    return calibration_windows(tokenizer, config.source, config.n_samples, config.seq_len, config.seed,
-                               config.data_dir)
+        raise LmoptError("quantize: calibrated methods need `tokenizer=` (or `windows=` token ids)")
+    return calibration_windows(tokenizer, calibration.source, calibration.n_samples, calibration.seq_len,
+                               calibration.seed, calibration.data_dir)
 
 
-def quantize(model: Any, config: WeightQuantConfig,
-             calibration: CalibrationConfig | torch.Tensor | None = None, tokenizer: Any = None,
-             batch_size: int = 8) -> dict[str, Any]:
+def quantize(model: Any, config: WeightQuantConfig, windows: torch.Tensor | None = None,
+             tokenizer: Any = None) -> dict[str, Any]:
     """Quantize `model` in place (see the module docstring); returns a report of what was done.
 
-    `calibration` is a `CalibrationConfig` (default: 128 x 512 tokens of pydoc-train, needs
-    `tokenizer`) or a (n_samples, seq_len) tensor of token ids; RTN needs neither.
+    Calibrated methods read text as `config.calibration` says (default: 128 x 512 tokens of
+    pydoc-train; needs `tokenizer`), unless `windows`, a (n_samples, seq_len) tensor of token ids, is
+    given. RTN needs neither.
     """
     started = time.time()
     model.eval()
@@ -187,13 +185,14 @@ def quantize(model: Any, config: WeightQuantConfig,
                 _quantize_layer_rtn(layer, config)
         else:
             step = LAYER_METHODS[method]
-            windows = _windows(model, calibration, tokenizer)
+            windows = _windows(config, windows, tokenizer)
             report["calibration_tokens"] = int(windows.numel())
 
             def process(index: int, layer: Any, inputs: LayerInputs) -> None:
                 report["layers"][index] = step(layer, inputs, config)
 
-            final = sequential_calibrate(model, windows, process, batch_size, f"{method} per layer")
+            final = sequential_calibrate(model, windows, process, config.calibration.batch_size,
+                                         f"{method} per layer")
         report["lm_head"] = _quantize_lm_head(model, config, final)
     report["seconds"] = round(time.time() - started, 2)
     return report

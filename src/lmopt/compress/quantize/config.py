@@ -5,11 +5,12 @@ Kept free of torch imports so that reading or validating a recipe stays instant.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from lmopt.configs import Config
+from lmopt.compress.config import CalibrationConfig
+from lmopt.configs import Config, method_union
 
 
 class WeightQuantConfig(Config):
@@ -20,7 +21,8 @@ class WeightQuantConfig(Config):
     """Bits per weight: 8, 4 or 3 (2 works but loses most quality)."""
     group_size: int = 128
     """Input columns sharing one scale/zero: 32, 64, 128...; 0 = one group per output channel. When
-    it does not divide a layer's width the last group is shorter (576 = 4 x 128 + 64)."""
+    it does not divide a layer's width the last group is shorter (576 = 4 x 128 + 64). Default 128
+    below 8 bits and 0 (per channel) at 8 bits, the layout the fast int8 kernel runs."""
     sym: bool = False
     """Symmetric grid (zero fixed at the middle) instead of min..max per group."""
     lm_head_bits: int | None = Field(default=8, ge=2, le=8)
@@ -31,6 +33,14 @@ class WeightQuantConfig(Config):
     `mse` option); 0 = plain min..max. Helps at 3-4 bits; no effect worth its time at 8."""
     skip: list[str] = Field(default_factory=list)
     """Linear layers whose qualified name contains one of these strings stay unquantized."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _per_channel_at_8_bits(cls, data: Any) -> Any:
+        # group-wise int8 has no fast CPU kernel (it de-quantized every call: 0.35x bf16 decode)
+        if isinstance(data, dict) and data.get("bits", 4) >= 8 and "group_size" not in data:
+            data = {**data, "group_size": 0}
+        return data
 
     @field_validator("group_size")
     @classmethod
@@ -52,6 +62,8 @@ class GPTQConfig(WeightQuantConfig):
     """GPTQ: Hessian-guided rounding that spreads each column's error over the columns left."""
 
     method: Literal["gptq"] = "gptq"
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    """Calibration text, amount and batching (shared by every calibrated method and pruning)."""
     damp: float = Field(default=0.01, gt=0, lt=1)
     """Dampening added to the Hessian diagonal, as a fraction of its mean."""
     block_size: int = Field(default=128, ge=1)
@@ -64,6 +76,8 @@ class AWQConfig(WeightQuantConfig):
     """AWQ: per-input-channel scales searched so the quantized outputs stay close, then rounding."""
 
     method: Literal["awq"] = "awq"
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    """Calibration text, amount and batching (shared by every calibrated method and pruning)."""
     grid: int = Field(default=20, ge=1)
     """Number of alpha values tried in [0, 1) for the scales x_mean^alpha / w_mean^(1-alpha)."""
     rounding: Literal["rtn", "gptq"] = "rtn"
@@ -75,6 +89,8 @@ class W8A8Config(WeightQuantConfig):
     """int8 weights (per channel, symmetric) and int8 activations quantized on the fly."""
 
     method: Literal["w8a8"] = "w8a8"
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    """Calibration text, amount and batching (shared by every calibrated method and pruning)."""
     bits: int = Field(default=8, ge=8, le=8)
     group_size: int = 0
     sym: bool = True
@@ -93,3 +109,14 @@ class W8A8Config(WeightQuantConfig):
 
 METHOD_CONFIGS: dict[str, type[WeightQuantConfig]] = {
     "rtn": RTNConfig, "gptq": GPTQConfig, "awq": AWQConfig, "w8a8": W8A8Config}
+
+
+class QuantizeOutput(Config):
+    """What the `quantize` step adds to every method's config: how the result is saved."""
+
+    export_hf: bool = False
+    """Save the de-quantized model as plain HF instead of the packed low-bit format."""
+
+
+QuantizeStepConfig = method_union(list(METHOD_CONFIGS.values()), default="gptq", extra=QuantizeOutput)
+"""The `quantize` step: `method` plus that method's own fields, e.g. `{method: awq, rounding: gptq}`."""
