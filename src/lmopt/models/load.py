@@ -1,6 +1,8 @@
 """`load_model(ref)`: one entry point for every kind of model reference.
 
 A reference is, in order of precedence:
+0. a prefixed reference handled by a registered resolver (`@production` once the model registry
+   has called `register_reference_resolver("@", ...)`; see lmopt.monitor.models),
 1. the alias of the embedded default (`smollm2-135m-instruct`),
 2. a `.gguf` file (converted once to a cached safetensors dir),
 3. a local directory (a plain HF model, or an lmopt artifact whose card names a custom format),
@@ -10,6 +12,7 @@ A reference is, in order of precedence:
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,11 @@ from lmopt.models.gguf import EMBEDDED_ALIAS, converted_dir, embedded_gguf_path
 FORMAT_LOADERS: dict[str, str] = {
     "lmopt-quantized": "lmopt.compress.quantize.storage:load_quantized",
 }
+
+# Reference prefix -> function turning such a reference into one this module understands (a path).
+# Filled at start-up by packages above this one (the model registry registers "@"), so loading a
+# model never imports them.
+REFERENCE_RESOLVERS: dict[str, Callable[[str], str]] = {}
 
 
 @dataclass
@@ -49,9 +57,22 @@ def register_format(name: str, loader: str) -> None:
     FORMAT_LOADERS[name] = loader
 
 
+def register_reference_resolver(prefix: str, resolver: Callable[[str], str]) -> None:
+    """Let references starting with `prefix` (e.g. "@") be turned into paths by `resolver`."""
+    REFERENCE_RESOLVERS[prefix] = resolver
+
+
 def resolve(ref: str | Path) -> Path | str:
     """Turn a reference into a local directory, or return the hub id unchanged."""
     text = str(ref)
+    for prefix, resolver in REFERENCE_RESOLVERS.items():
+        if text.startswith(prefix):
+            text = resolver(text)
+            break
+    else:
+        if text.startswith("@"):
+            raise LmoptError(f"'{text}': model aliases need the model registry (the lmopt CLI enables "
+                             "it; in Python call lmopt.monitor.enable_alias_references())")
     if text.lower() == EMBEDDED_ALIAS:
         return converted_dir(embedded_gguf_path(), name=EMBEDDED_ALIAS)
     path = Path(text).expanduser()

@@ -1,13 +1,22 @@
-"""The run registry: every evaluation, benchmark and step result, in SQLite or any SQLAlchemy URL.
+"""The registry: every run, every registered model and every alias change, in SQLite or any SQLAlchemy URL.
 
-One table, `runs`: what was measured (kind, task), on which model (reference and content hash),
-with which config, on which machine, when, and the figures (JSON). A team points every member at the
-same database with `--registry postgresql://...`.
+Three tables:
+- `runs`: what was measured (kind, task), on which model (reference and content hash), with which
+  config, on which machine, when, and the figures (JSON). Append-only.
+- `models`: one row per model content hash: where it was last seen, its lineage from the card
+  (parent, parent hash, step, config, data hashes) and the figures measured on it.
+- `alias_events`: every promotion and rollback of a named alias (`production`, `candidate`, ...):
+  who, when, from which hash to which. An alias's current target is its latest event; nothing is
+  ever overwritten, so the history is the table.
+
+A team points every member at the same database with `--registry postgresql://...` or the
+`LMOPT_REGISTRY` environment variable.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -15,13 +24,20 @@ from typing import Any
 
 from lmopt.settings import lmopt_home
 
+REGISTRY_ENV = "LMOPT_REGISTRY"
+
 
 def default_url() -> str:
-    return f"sqlite:///{lmopt_home() / 'registry.db'}"
+    """`$LMOPT_REGISTRY` when set, else SQLite at `$LMOPT_HOME/registry.db`."""
+    return os.environ.get(REGISTRY_ENV) or f"sqlite:///{lmopt_home() / 'registry.db'}"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value if value is not None else {}, default=str)
 
 
 class Registry:
-    """Append-only store of runs. `Registry()` uses `$LMOPT_HOME/registry.db`."""
+    """Store of runs, models and alias events. `Registry()` uses `default_url()`."""
 
     def __init__(self, url: str | None = None) -> None:
         import sqlalchemy as sa
@@ -29,7 +45,9 @@ class Registry:
         self.url = url or default_url()
         if self.url.startswith("sqlite:///"):
             Path(self.url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        self.engine = sa.create_engine(self.url)
+        # SQLite waits for a writer holding the lock (two processes promoting at once) instead of failing.
+        connect_args = {"timeout": 30} if self.url.startswith("sqlite") else {}
+        self.engine = sa.create_engine(self.url, connect_args=connect_args)
         meta = sa.MetaData()
         self.runs = sa.Table(
             "runs", meta,
@@ -37,31 +55,58 @@ class Registry:
             sa.Column("time", sa.Float, nullable=False),
             sa.Column("kind", sa.String(32), nullable=False),
             sa.Column("model", sa.String(512)),
-            sa.Column("model_hash", sa.String(64)),
+            sa.Column("model_hash", sa.String(64), index=True),
             sa.Column("task", sa.String(128)),
             sa.Column("metrics", sa.Text),
             sa.Column("config", sa.Text),
             sa.Column("machine", sa.Text),
         )
+        self.models = sa.Table(
+            "models", meta,
+            sa.Column("hash", sa.String(64), primary_key=True),
+            sa.Column("name", sa.String(256)),
+            sa.Column("path", sa.String(1024)),
+            sa.Column("registered", sa.Float, nullable=False),
+            sa.Column("updated", sa.Float, nullable=False),
+            sa.Column("parent", sa.String(1024)),
+            sa.Column("parent_hash", sa.String(64)),
+            sa.Column("step", sa.String(64)),
+            sa.Column("format", sa.String(64)),
+            sa.Column("lineage", sa.Text),
+            sa.Column("figures", sa.Text),
+        )
+        self.alias_events = sa.Table(
+            "alias_events", meta,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+            sa.Column("time", sa.Float, nullable=False),
+            sa.Column("alias", sa.String(128), nullable=False, index=True),
+            sa.Column("action", sa.String(16), nullable=False),
+            sa.Column("model_hash", sa.String(64)),
+            sa.Column("previous_hash", sa.String(64)),
+            sa.Column("user", sa.String(128)),
+            sa.Column("reason", sa.Text),
+        )
         meta.create_all(self.engine)
+
+    # --- runs ---------------------------------------------------------------------------------------
 
     def record(self, kind: str, model: str | None, metrics: dict[str, Any], *, task: str | None = None,
                model_hash: str | None = None, config: dict[str, Any] | None = None,
                machine: dict[str, Any] | None = None) -> int:
         """Append one run and return its id."""
         row = {"time": time.time(), "kind": kind, "model": model, "model_hash": model_hash, "task": task,
-               "metrics": json.dumps(metrics, default=str), "config": json.dumps(config or {}, default=str),
-               "machine": json.dumps(machine or machine_summary(), default=str)}
+               "metrics": _json(metrics), "config": _json(config),
+               "machine": _json(machine or machine_summary())}
         with self.engine.begin() as conn:
             return conn.execute(self.runs.insert().values(**row)).inserted_primary_key[0]
 
     def query(self, kind: str | None = None, model: str | None = None, task: str | None = None,
-              limit: int = 50) -> list[dict[str, Any]]:
+              limit: int = 50, model_hash: str | None = None) -> list[dict[str, Any]]:
         """Most recent runs first, optionally filtered."""
         import sqlalchemy as sa
 
         stmt = sa.select(self.runs).order_by(self.runs.c.id.desc()).limit(limit)
-        for column, value in (("kind", kind), ("model", model), ("task", task)):
+        for column, value in (("kind", kind), ("model", model), ("task", task), ("model_hash", model_hash)):
             if value is not None:
                 stmt = stmt.where(self.runs.c[column] == value)
         with self.engine.connect() as conn:
@@ -70,6 +115,57 @@ class Registry:
             for key in ("metrics", "config", "machine"):
                 row[key] = json.loads(row[key] or "{}")
         return rows
+
+    # --- models -------------------------------------------------------------------------------------
+
+    def upsert_model(self, row: dict[str, Any]) -> None:
+        """Insert a model row, or update the one with the same hash (its path, lineage, merged figures)."""
+        import sqlalchemy as sa
+
+        now = time.time()
+        with self.engine.begin() as conn:
+            old = conn.execute(sa.select(self.models).where(self.models.c.hash == row["hash"])).first()
+            values = {**row, "lineage": _json(row.get("lineage")), "updated": now}
+            if old is None:
+                values["figures"] = _json(row.get("figures"))
+                conn.execute(self.models.insert().values(registered=now, **values))
+            else:
+                figures = {**json.loads(old.figures or "{}"), **(row.get("figures") or {})}
+                values["figures"] = _json(figures)
+                conn.execute(self.models.update().where(self.models.c.hash == row["hash"]).values(**values))
+
+    def model_rows(self, hash_prefix: str | None = None) -> list[dict[str, Any]]:
+        """Registered models (newest first), optionally those whose hash starts with `hash_prefix`."""
+        import sqlalchemy as sa
+
+        stmt = sa.select(self.models).order_by(self.models.c.registered.desc())
+        if hash_prefix is not None:
+            stmt = stmt.where(self.models.c.hash.startswith(hash_prefix, autoescape=True))
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(stmt)]
+        for row in rows:
+            row["lineage"] = json.loads(row["lineage"] or "{}")
+            row["figures"] = json.loads(row["figures"] or "{}")
+        return rows
+
+    # --- aliases ------------------------------------------------------------------------------------
+
+    def add_alias_event(self, alias: str, action: str, model_hash: str | None, previous_hash: str | None,
+                        user: str | None, reason: str | None = None) -> int:
+        row = {"time": time.time(), "alias": alias, "action": action, "model_hash": model_hash,
+               "previous_hash": previous_hash, "user": user, "reason": reason}
+        with self.engine.begin() as conn:
+            return conn.execute(self.alias_events.insert().values(**row)).inserted_primary_key[0]
+
+    def alias_events_of(self, alias: str | None = None) -> list[dict[str, Any]]:
+        """Alias events in the order they happened (all aliases, or one)."""
+        import sqlalchemy as sa
+
+        stmt = sa.select(self.alias_events).order_by(self.alias_events.c.id)
+        if alias is not None:
+            stmt = stmt.where(self.alias_events.c.alias == alias)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(stmt)]
 
 
 def machine_summary() -> dict[str, Any]:
