@@ -111,10 +111,13 @@ def register_model(ref: str | Path, registry: Registry | str | None = None, *, n
         raise LmoptError(f"{ref}: only local models can be registered (save or download it first)")
     card = ModelCard.read(where)
     digest = content_hash(where)
+    known = reg.model_rows(digest)
+    stored = known[0]["figures"] if known else {}
+    new = {k: v for k, v in {**card.metrics, **(figures or {})}.items() if stored.get(k, object()) != v}
     reg.upsert_model({
-        "hash": digest, "name": name or card.name or Path(where).name, "path": str(Path(where).resolve()),
-        "parent": card.parent, "parent_hash": card.parent_hash, "step": card.step, "format": card.format,
-        "lineage": lineage_of(card), "figures": {**card.metrics, **(figures or {})},
+        "hash": digest, "name": name or (known[0]["name"] if known else None) or card.name or Path(where).name,
+        "path": str(Path(where).resolve()), "parent": card.parent, "parent_hash": card.parent_hash,
+        "step": card.step, "format": card.format, "lineage": lineage_of(card), "figures": new,
     })
     if with_parents:
         _register_parents(card, reg)

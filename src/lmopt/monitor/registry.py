@@ -3,8 +3,10 @@
 Three tables:
 - `runs`: what was measured (kind, task), on which model (reference and content hash), with which
   config, on which machine, when, and the figures (JSON). Append-only.
-- `models`: one row per model content hash: where it was last seen, its lineage from the card
-  (parent, parent hash, step, config, data hashes) and the figures measured on it.
+- `models`: one row per model content hash: where it was last seen and its lineage from the card
+  (parent, parent hash, step, config, data hashes).
+- `model_figures`: figures measured on a model, appended (never updated in place, so concurrent
+  writers lose nothing); a model's figures are its rows merged oldest to newest.
 - `alias_events`: every promotion and rollback of a named alias (`production`, `candidate`, ...):
   who, when, from which hash to which. An alias's current target is its latest event; nothing is
   ever overwritten, so the history is the table.
@@ -19,6 +21,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +76,12 @@ class Registry:
             sa.Column("step", sa.String(64)),
             sa.Column("format", sa.String(64)),
             sa.Column("lineage", sa.Text),
+        )
+        self.model_figures = sa.Table(
+            "model_figures", meta,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+            sa.Column("hash", sa.String(64), nullable=False, index=True),
+            sa.Column("time", sa.Float, nullable=False),
             sa.Column("figures", sa.Text),
         )
         self.alias_events = sa.Table(
@@ -86,7 +95,7 @@ class Registry:
             sa.Column("user", sa.String(128)),
             sa.Column("reason", sa.Text),
         )
-        meta.create_all(self.engine)
+        _retry(lambda: meta.create_all(self.engine), sa.exc.DBAPIError)
 
     # --- runs ---------------------------------------------------------------------------------------
 
@@ -119,20 +128,33 @@ class Registry:
     # --- models -------------------------------------------------------------------------------------
 
     def upsert_model(self, row: dict[str, Any]) -> None:
-        """Insert a model row, or update the one with the same hash (its path, lineage, merged figures)."""
+        """Insert a model row, or update the one with the same hash; `row["figures"]` are appended.
+
+        Only the columns given are written on update, so a caller can add figures alone.
+        """
         import sqlalchemy as sa
 
         now = time.time()
+        figures = row.get("figures")
+        values = {k: v for k, v in row.items() if k != "figures" and k in self.models.c}
+        if "lineage" in values:
+            values["lineage"] = _json(values["lineage"])
+        where = self.models.c.hash == row["hash"]
         with self.engine.begin() as conn:
-            old = conn.execute(sa.select(self.models).where(self.models.c.hash == row["hash"])).first()
-            values = {**row, "lineage": _json(row.get("lineage")), "updated": now}
-            if old is None:
-                values["figures"] = _json(row.get("figures"))
-                conn.execute(self.models.insert().values(registered=now, **values))
-            else:
-                figures = {**json.loads(old.figures or "{}"), **(row.get("figures") or {})}
-                values["figures"] = _json(figures)
-                conn.execute(self.models.update().where(self.models.c.hash == row["hash"]).values(**values))
+            known = conn.execute(sa.select(self.models.c.hash).where(where)).first() is not None
+            if known:
+                conn.execute(self.models.update().where(where).values(**values, updated=now))
+        if not known:
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(self.models.insert().values(**values, registered=now, updated=now))
+            except sa.exc.IntegrityError:  # a concurrent writer inserted the same hash first
+                with self.engine.begin() as conn:
+                    conn.execute(self.models.update().where(where).values(**values, updated=now))
+        if figures:
+            with self.engine.begin() as conn:
+                conn.execute(self.model_figures.insert().values(hash=row["hash"], time=now,
+                                                                figures=_json(figures)))
 
     def model_rows(self, hash_prefix: str | None = None) -> list[dict[str, Any]]:
         """Registered models (newest first), optionally those whose hash starts with `hash_prefix`."""
@@ -141,11 +163,17 @@ class Registry:
         stmt = sa.select(self.models).order_by(self.models.c.registered.desc())
         if hash_prefix is not None:
             stmt = stmt.where(self.models.c.hash.startswith(hash_prefix, autoescape=True))
+        figures = sa.select(self.model_figures).order_by(self.model_figures.c.id)
+        if hash_prefix is not None:
+            figures = figures.where(self.model_figures.c.hash.startswith(hash_prefix, autoescape=True))
         with self.engine.connect() as conn:
             rows = [dict(r._mapping) for r in conn.execute(stmt)]
+            merged: dict[str, dict[str, Any]] = {}
+            for fig in conn.execute(figures):
+                merged.setdefault(fig.hash, {}).update(json.loads(fig.figures or "{}"))
         for row in rows:
             row["lineage"] = json.loads(row["lineage"] or "{}")
-            row["figures"] = json.loads(row["figures"] or "{}")
+            row["figures"] = merged.get(row["hash"], {})
         return rows
 
     # --- aliases ------------------------------------------------------------------------------------
@@ -166,6 +194,19 @@ class Registry:
             stmt = stmt.where(self.alias_events.c.alias == alias)
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(stmt)]
+
+
+def _retry(action: Callable[[], Any], errors: type[BaseException] | tuple, attempts: int = 5) -> Any:
+    """Run `action`, retrying on `errors`: several processes creating a fresh database's tables at
+    once collide on some servers (PostgreSQL's catalog); the loser finds the tables on its retry."""
+    for attempt in range(attempts):
+        try:
+            return action()
+        except errors:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    return None
 
 
 def machine_summary() -> dict[str, Any]:
