@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from lmopt.compress.quantize.runtime import QuantLinear
 from lmopt.serve.config import EngineConfig
 from lmopt.serve.kv_cache import slots_for_memory
 from lmopt.serve.metrics import EngineMetrics
@@ -281,15 +282,11 @@ def _completion(outputs: list[RequestOutput]) -> Completion:
 
 
 def keep_dense_weights(model: Any) -> int:
-    """Make quantized linears (`lmopt.compress.quantize.QuantLinear`) on an int4/int8 kernel keep a
-    dense copy for many-row inputs instead of de-quantizing on every prompt chunk; returns how many."""
-    count = 0
-    for module in model.modules():
-        if type(module).__name__ == "QuantLinear" and getattr(module, "backend", None) in ("int4", "int8") \
-                and not module.cache_dense:
-            module.prepare(module.backend, module.dense_rows, cache_dense=True)
-            count += 1
-    return count
+    """Let every quantized linear (`QuantLinear`) keep a dense copy of its weight wherever its plan
+    runs a dense path (prompt chunks on int4/int8 kernels; every row count where the measured plan
+    says dense is faster, e.g. group-wise int8, which has no low-bit kernel) instead of
+    de-quantizing it on each call; returns how many were switched."""
+    return sum(module.keep_dense_copy() for module in model.modules() if isinstance(module, QuantLinear))
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

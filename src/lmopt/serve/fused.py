@@ -7,10 +7,9 @@ computes projections that read the same input as one stacked matrix and splits t
 
 The stacked weight is a copy (the model itself is left untouched, so it can still be saved or
 used elsewhere): about 80% of the decoder weights, a cost the engine config can turn off
-(`fuse_projections`). Quantized layers (`QuantLinear`) are stacked from their integer codes into
-one `QuantLinear` on the same backend (their dense bf16 prompt-chunk copies, when kept, become row
-views of the fused one's, so that copy is not doubled); layers of different kinds or grids are not
-fused.
+(`fuse_projections`). Quantized layers are stacked by `QuantLinear.stack`: one `QuantLinear` from
+their integer codes on the same backend (their dense prompt-chunk copies, when kept, become row views
+of the stacked one's, so that copy is not doubled); layers of different kinds or grids are not fused.
 """
 
 from __future__ import annotations
@@ -19,6 +18,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from lmopt.compress.quantize.runtime import QuantLinear
 
 
 class FusedLinear(torch.nn.Module):
@@ -57,33 +58,7 @@ def fuse_linears(linears: list[Any]) -> FusedLinear | None:
                 bias = torch.cat([lin.bias if lin.bias is not None else weight.new_zeros(lin.out_features)
                                   for lin in linears])
         return FusedLinear(_Dense(weight, bias), sizes)
-    if all(type(lin).__name__ == "QuantLinear" for lin in linears):
-        return _fuse_quantized(linears, sizes)
+    if all(isinstance(lin, QuantLinear) for lin in linears):
+        stacked = QuantLinear.stack(linears)
+        return FusedLinear(stacked, sizes) if stacked is not None else None
     return None
-
-
-def _fuse_quantized(linears: list[Any], sizes: list[int]) -> FusedLinear | None:
-    first = linears[0]
-    grid = {(lin.bits, lin.group_size, lin.act_quant, lin.backend, lin.dense_rows, lin.cache_dense)
-            for lin in linears}
-    if len(grid) != 1 or first.backend not in ("int4", "int8"):
-        return None
-    from lmopt.compress.quantize.runtime import QuantLinear
-
-    bias = None
-    if any(lin.bias is not None for lin in linears):
-        bias = torch.cat([lin.bias.detach() if lin.bias is not None else torch.zeros(lin.out_features)
-                          for lin in linears])
-    fused = QuantLinear.from_codes(torch.cat([lin.codes() for lin in linears]),
-                                   torch.cat([lin.scales.float() for lin in linears]),
-                                   torch.cat([lin.zeros.float() for lin in linears]),
-                                   first.bits, first.group_size, bias).to(first.qweight.device)
-    if fused.prepare(first.backend, first.dense_rows) != first.backend:
-        return None
-    if first.cache_dense:  # one dense prompt-chunk copy, not two: the originals' become row views of it
-        fused._dense, fused.cache_dense = torch.cat([lin._dense for lin in linears]), True
-        start = 0
-        for lin in linears:
-            lin._dense = fused._dense[start:start + lin.out_features]
-            start += lin.out_features
-    return FusedLinear(fused, sizes)

@@ -75,13 +75,12 @@ def build_kernel(layer: Any, backend: str) -> dict[str, Any]:
     return {"packed": torch.ops.quantized.linear_prepack(weight, None)}
 
 
-def run_kernel(layer: Any, x: torch.Tensor) -> torch.Tensor:
-    """y (M, N) for x (M, K) with the layer's prepared backend (int4, int8 or w8a8)."""
-    kernel = layer._kernel
-    if layer.backend == "int4":
+def run_kernel(backend: str, kernel: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
+    """y (M, N) for x (M, K) with `kernel` = build_kernel(layer, backend) (int4, int8 or w8a8)."""
+    if backend == "int4":
         return torch.ops.aten._weight_int4pack_mm_for_cpu(
             x.to(torch.bfloat16).contiguous(), kernel["weight"], kernel["group"], kernel["scales_zeros"])
-    if layer.backend == "int8":
+    if backend == "int8":
         y = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16).contiguous(), kernel["weight"],
                                                kernel["scale"])
         if "offset" in kernel:  # asymmetric codes: (q - z) s = (q - 128) s - (z - 128) s

@@ -14,20 +14,30 @@ Backends, chosen once by `prepare(backend)` (forward never re-decides):
   on the fly (per tensor), int8 x int8 GEMM, fp32 in and out.
 - `dequant`: de-quantize into the activation dtype on each call and use F.linear; works on any
   device and dtype (the reference the fast paths are tested against).
-The int4/int8 kernels are fast for few rows (decode) and slow for many (prefill, where the CPU's
-bf16 AMX GEMM wins), so inputs with more than `dense_rows` rows use a dense bf16 weight instead:
-de-quantized per call, or kept in memory when `cache_dense` is set (faster prefill, more RAM).
+Which of these runs for a given input is the layer's `plan` (autotune.py): with backend `auto`, on a
+CPU, each path is timed once per layout and shape at 1/8/32/512 rows, and the fastest is kept per
+row range; the low-bit kernel competes with a dense bf16 or fp32 weight (kept in memory when
+`cache_dense` is set, faster and larger; else de-quantized per call). An explicit backend runs the
+fixed plan: the int4/int8 kernel up to `dense_rows` rows (they are fast for a few rows, slow for
+many) and a dense bf16 weight above.
+
+What serving uses (so it needs no private fields): `stack` (one layer for q/k/v or gate/up),
+`keep_dense_copy`, `dense_weight`, `is_fast`, `plan`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from lmopt.compress.quantize.algorithms import dequantize
-from lmopt.compress.quantize.kernels import fake_quant_activation, run_kernel
+from lmopt.compress.quantize.autotune import DENSE, KERNELS, Plan, default_plan, tune
+from lmopt.compress.quantize.kernels import build_kernel, fake_quant_activation, pick_backend, run_kernel
 from lmopt.compress.quantize.packing import pack_bits, packed_width, unpack_bits
 
 BACKENDS = ("auto", "int4", "int8", "w8a8", "dequant")
@@ -48,9 +58,11 @@ class QuantLinear(torch.nn.Module):
         self.register_buffer("scales", torch.zeros(out_features, n_groups, dtype=torch.float16))
         self.register_buffer("zeros", torch.zeros(out_features, n_groups, dtype=torch.uint8))
         self.bias = torch.nn.Parameter(torch.zeros(out_features)) if bias else None
-        self.backend, self.dense_rows, self.cache_dense = "dequant", 32, False
+        self.backend, self.requested, self.cache_dense = "dequant", "dequant", False
+        self._dense_rows = 32
         self._kernel: dict[str, Any] = {}
         self._dense: torch.Tensor | None = None
+        self.plan: Plan = default_plan("dequant")
 
     @classmethod
     def from_codes(cls, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, group_size: int,
@@ -74,28 +86,113 @@ class QuantLinear(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, bits={self.bits}, group={self.group_size}, "
-                f"backend={self.backend}{', act=int8' if self.act_quant else ''}")
+                f"backend={self.backend}{', act=int8' if self.act_quant else ''}, "
+                f"{self.plan.describe(self.cache_dense)}")
+
+    @property
+    def is_fast(self) -> bool:
+        """Runs a low-bit int4/int8 kernel (for few rows; dense weights may serve the rest)."""
+        return self.backend in ("int4", "int8")
+
+    @property
+    def dense_rows(self) -> int:
+        """Most rows the fixed plan (explicit backend) runs on the kernel."""
+        return self._dense_rows
+
+    @dense_rows.setter
+    def dense_rows(self, rows: int) -> None:
+        self._dense_rows = rows
+        if self.requested != "auto":
+            self._use_plan(default_plan(self.backend, rows, "explicit"))
 
     def prepare(self, backend: str = "auto", dense_rows: int = 32, cache_dense: bool = False) -> str:
-        """Build the chosen backend's kernel tensors (from the stored codes); returns the backend used."""
-        from lmopt.compress.quantize.kernels import build_kernel, pick_backend
-
+        """Build the chosen backend's kernel tensors (from the stored codes) and the plan of which path
+        runs at each row count (measured for `auto`, see autotune.py); returns the backend used."""
         self.backend = pick_backend(self, backend)
         self._kernel = build_kernel(self, self.backend)
-        self.dense_rows, self.cache_dense = dense_rows, cache_dense
-        fast = self.backend in ("int4", "int8")
-        self._dense = self.dequantize(torch.bfloat16) if cache_dense and fast else None
+        self.requested, self._dense_rows, self.cache_dense = backend, dense_rows, cache_dense
+        self._replan()
         return self.backend
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
-        if self.backend in ("int4", "int8") and rows > self.dense_rows:
-            weight = self._dense if self._dense is not None else self.dequantize(torch.bfloat16)
-            y = torch.nn.functional.linear(x.to(torch.bfloat16), weight)
-        elif self.backend == "dequant":
-            x_in = fake_quant_activation(x) if self.act_quant else x
-            y = torch.nn.functional.linear(x_in, self.dequantize(x.dtype))
+    def keep_dense_copy(self) -> bool:
+        """Allow a dense copy of the weight wherever the plan runs a dense path (faster prompt chunks,
+        more memory) instead of de-quantizing it per call; re-plans. False when already allowed."""
+        if self.cache_dense:
+            return False
+        self.cache_dense = True
+        self._replan()
+        return True
+
+    def dense_weight(self) -> torch.Tensor | None:
+        """The dense copy (N, K) the plan's dense path uses, or None when none is kept."""
+        return self._dense
+
+    @classmethod
+    def stack(cls, linears: Sequence[QuantLinear]) -> QuantLinear | None:
+        """One layer computing [W_1; W_2; ...] for layers that read the same input (q/k/v, gate/up),
+        built from their codes on the same int4/int8 backend; None when they differ in layout or
+        settings. The originals then run the stacked layer's plan (so fused and separate calls agree)
+        and their dense copies become row views of its copy (kept once, not twice)."""
+        def settings(lin: QuantLinear) -> tuple:
+            return (lin.in_features, lin.bits, lin.group_size, lin.act_quant, lin.backend, lin.requested,
+                    lin.dense_rows, lin.cache_dense, lin.qweight.device)
+        if len(linears) < 2 or not all(isinstance(lin, QuantLinear) for lin in linears):
+            return None
+        first = linears[0]
+        if len({settings(lin) for lin in linears}) != 1 or not first.is_fast:
+            return None
+        bias = None
+        if any(lin.bias is not None for lin in linears):
+            bias = torch.cat([lin.bias.detach() if lin.bias is not None else torch.zeros(lin.out_features)
+                              for lin in linears])
+        stacked = cls.from_codes(torch.cat([lin.codes() for lin in linears]),
+                                 torch.cat([lin.scales.float() for lin in linears]),
+                                 torch.cat([lin.zeros.float() for lin in linears]),
+                                 first.bits, first.group_size, bias).to(first.qweight.device)
+        if stacked.prepare(first.requested, first.dense_rows, first.cache_dense) != first.backend:
+            return None
+        adopted = replace(stacked.plan, source=f"stacked ({stacked.out_features}x{stacked.in_features}), "
+                                               f"{stacked.plan.source}")
+        start = 0
+        for lin in linears:
+            dense = stacked._dense
+            lin._use_plan(adopted, None if dense is None else dense[start:start + lin.out_features])
+            start += lin.out_features
+        return stacked
+
+    def _replan(self) -> None:
+        if self.requested == "auto":
+            self._use_plan(tune(self, self.cache_dense))
         else:
-            y = run_kernel(self, x.reshape(-1, self.in_features)).view(*x.shape[:-1], self.out_features)
-        y = y.to(x.dtype)
+            self._use_plan(default_plan(self.backend, self._dense_rows, "explicit"))
+
+    def _use_plan(self, plan: Plan, dense: torch.Tensor | None = None) -> None:
+        """Adopt `plan`; keep a dense copy (`dense`, else de-quantized now) when it uses one and may."""
+        self.plan = plan
+        if not (self.cache_dense and plan.dense):
+            self._dense = None
+        elif dense is not None:
+            self._dense = dense
+        elif self._dense is None or self._dense.dtype != DENSE[plan.dense]:
+            self._dense = self.dequantize(DENSE[plan.dense])
+
+    def run_path(self, path: str, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """x W^T (no bias) by one path (see the module docstring), in that path's output dtype;
+        `weight` overrides the dense weight of a bf16/fp32 path (for measuring)."""
+        if path in KERNELS:
+            if path != self.backend:
+                raise ValueError(f"path '{path}' needs the {path} backend; this layer has {self.backend}")
+            y = run_kernel(path, self._kernel, x.reshape(-1, self.in_features))
+            return y.view(*x.shape[:-1], self.out_features)
+        x_in = fake_quant_activation(x) if self.act_quant else x
+        if path == "dequant":
+            return F.linear(x_in, self.dequantize(x.dtype))
+        dtype = DENSE[path]
+        if weight is None:
+            weight = self._dense if self._dense is not None and self._dense.dtype == dtype else \
+                self.dequantize(dtype)
+        return F.linear(x_in.to(dtype), weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.run_path(self.plan.path(x.numel() // x.shape[-1]), x).to(x.dtype)
         return y + self.bias.to(y.dtype) if self.bias is not None else y
