@@ -19,9 +19,11 @@ def test_eval_writes_the_documented_json(tiny_dir, tmp_path):
                 "--json", out, "--registry", f"sqlite:///{tmp_path / 'r.db'}")
     assert res.returncode == 0, res.stderr
     data = json.loads(out.read_text())
-    assert data["model"] == str(tiny_dir)
-    assert set(data["tasks"]["pydoc"]) >= {"perplexity", "tokens", "seq_len"}
-    assert data["tasks"]["pydoc"]["seq_len"] == 32
+    (step,) = data["steps"]
+    assert step["step"] == "evaluate" and step["config"]["tasks"] == ["pydoc"]
+    figures = data["evaluation"][str(tiny_dir)]["tasks"]["pydoc"]
+    assert figures == step["metrics"]["pydoc"]
+    assert set(figures) >= {"perplexity", "tokens", "seq_len"} and figures["seq_len"] == 32
     runs = lmopt("runs", "--registry", f"sqlite:///{tmp_path / 'r.db'}")
     assert runs.returncode == 0 and "pydoc" in runs.stdout
 

@@ -12,8 +12,16 @@ import pytest
 import torch
 import yaml
 
-from lmopt.compress.prune import MagnitudeConfig, PruneStepConfig, SparseGPTConfig, WandaConfig, prune
+from lmopt.compress.prune import (
+    MagnitudeConfig,
+    PruneStepConfig,
+    SparseGPTConfig,
+    StructuredConfig,
+    WandaConfig,
+    prune,
+)
 from lmopt.compress.prune.math import sparsegpt_prune_weight
+from lmopt.configs import parse_config
 from lmopt.errors import LmoptError
 from lmopt.models import tiny_llama
 
@@ -77,13 +85,17 @@ def test_sequential_sparsegpt_uses_each_linears_own_inputs():
 
 
 def test_step_config_names_wrong_fields():
-    assert PruneStepConfig(method="structured", mlp=0.25).method_config().mlp == 0.25
-    with pytest.raises(LmoptError, match="mlp: not a field of method 'wanda'"):
-        PruneStepConfig.parse({"method": "wanda", "mlp": 0.25}, where="r.yaml: steps.0.prune")
+    config = parse_config(PruneStepConfig, {"method": "structured", "mlp": 0.25})
+    assert isinstance(config, StructuredConfig) and config.mlp == 0.25
+    assert isinstance(parse_config(PruneStepConfig, {}), WandaConfig)  # the default method
+    with pytest.raises(LmoptError, match=r"r.yaml: steps.0.prune: mlp: unknown field \(not a field of method 'wanda'"):
+        parse_config(PruneStepConfig, {"method": "wanda", "mlp": 0.25}, where="r.yaml: steps.0.prune")
     with pytest.raises(LmoptError, match="pattern"):
-        PruneStepConfig.parse({"method": "sparsegpt", "pattern": "4:2"})
-    with pytest.raises(LmoptError, match="recover: only structured"):
-        PruneStepConfig.parse({"method": "wanda", "recover": {}})
+        parse_config(PruneStepConfig, {"method": "sparsegpt", "pattern": "4:2"})
+    with pytest.raises(LmoptError, match="recover: unknown field"):
+        parse_config(PruneStepConfig, {"method": "wanda", "recover": {}})
+    with pytest.raises(LmoptError, match="method: unknown method 'snip'"):
+        parse_config(PruneStepConfig, {"method": "snip"})
     with pytest.raises(LmoptError, match="calibration"):
         prune(tiny_llama().model, WandaConfig())  # no tokenizer, no windows
 
@@ -104,7 +116,7 @@ def test_shipped_recipes_run_on_the_tiny_model(name, tiny_dir, tmp_path):
         if step["prune"].get("recover"):
             step["prune"]["recover"]["distill"] = {"max_steps": 2, "seq_len": 32, "batch_size": 2}
     summary = run_recipe(Recipe.parse(raw), tmp_path, log=lambda m: None)
-    metrics = summary["steps"][0]["metrics"]
+    metrics = next(s["metrics"] for s in summary["steps"] if s["step"] == "prune")
     assert metrics["parameters_after"] <= metrics["parameters_before"]
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert sum(p.numel() for p in model.parameters()) == metrics["parameters_after"]
@@ -122,20 +134,21 @@ def lmopt(*args):
 
 def test_cli_prunes_and_saves(tiny_dir, tmp_path):
     out, report = tmp_path / "m", tmp_path / "r.json"
-    res = lmopt("prune", tiny_dir, "--method", "sparsegpt", "--pattern", "2:4", "--calib-samples", "4",
+    res = lmopt("prune", tiny_dir, "--method", "sparsegpt", "--pattern", "2:4", "--n-samples", "4",
                 "--calib-seq-len", "64", "--output", out, "--json", report)
     assert res.returncode == 0, res.stderr
     assert json.loads(report.read_text())["steps"][0]["metrics"]["sparsity"] == 0.5
-    res = lmopt("prune", tiny_dir, "--structured", "mlp=0.25,layers=1", "--calib-samples", "4",
+    res = lmopt("prune", tiny_dir, "--method", "structured", "--mlp", "0.25", "--layers", "1", "--n-samples", "4",
                 "--calib-seq-len", "64", "--output", tmp_path / "s")
     assert res.returncode == 0, res.stderr
     assert json.loads((tmp_path / "s" / "config.json").read_text())["num_hidden_layers"] == 1
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--structured", "mlp=0.25,wings=2"], "--structured: 'wings=2' is not KEY=VALUE"),
+    (["--method", "structured", "--set", "wings=2"], "wings: unknown field (not a field of method 'structured')"),
     (["--method", "wanda", "--pattern", "3:2"], "pattern"),
-    (["--structured", "heads=0.5", "--sparsity", "0.5"], "cannot be combined"),
+    (["--method", "structured", "--heads", "0.5", "--sparsity", "0.5"],
+     "sparsity: unknown field (not a field of method 'structured')"),
 ])
 def test_cli_bad_input_is_one_line(args, message, tiny_dir, tmp_path):
     res = lmopt("prune", tiny_dir, *args, "--output", tmp_path / "x")

@@ -127,14 +127,18 @@ def test_save_load_identical_and_small(wide, windows, held_out, tmp_path):
 
 
 def test_configs_reject_bad_input():
-    from lmopt.compress.quantize.step import QuantizeStepConfig
+    from lmopt.compress.quantize.config import QuantizeStepConfig
+    from lmopt.configs import parse_config
 
-    with pytest.raises(LmoptError, match="steps.0.quantize.*damp"):
-        QuantizeStepConfig.parse({"method": "awq", "damp": 0.1}, where="steps.0.quantize")
-    with pytest.raises(LmoptError, match="bits"):
-        QuantizeStepConfig.parse({"method": "rtn", "bits": 12}, where="r.yaml")
-    with pytest.raises(LmoptError, match="group_size"):
-        QuantizeStepConfig.parse({"group_size": 100}, where="r.yaml")
+    with pytest.raises(LmoptError, match=r"steps.0.quantize: damp: unknown field \(not a field of method 'awq'\)"):
+        parse_config(QuantizeStepConfig, {"method": "awq", "damp": 0.1}, where="steps.0.quantize")
+    with pytest.raises(LmoptError, match="r.yaml: bits: Input should be less than or equal to 8"):
+        parse_config(QuantizeStepConfig, {"method": "rtn", "bits": 12}, where="r.yaml")
+    with pytest.raises(LmoptError, match="r.yaml: group_size"):
+        parse_config(QuantizeStepConfig, {"group_size": 100}, where="r.yaml")
+    assert parse_config(QuantizeStepConfig, {"method": "awq", "rounding": "gptq"}).rounding == "gptq"
+    assert parse_config(QuantizeStepConfig, {"bits": 8}).group_size == 0  # per channel: the fast int8 kernel
+    assert parse_config(QuantizeStepConfig, {"bits": 8, "group_size": 128}).group_size == 128
     with pytest.raises(LmoptError, match="tokenizer"):
         quantize(tiny_llama().model, GPTQConfig())
 
@@ -142,14 +146,14 @@ def test_configs_reject_bad_input():
 def test_recipe_runs_quantize_step(tiny_dir, tmp_path):
     from importlib.resources import files
 
-    from lmopt.pipeline import Recipe, run_recipe
+    from lmopt.pipeline import load_recipe_file, run_recipe
 
-    recipe, _ = Recipe.load(files("lmopt.recipes") / "quantize-gptq-w4.yaml")
+    recipe, _ = load_recipe_file(files("lmopt.recipes") / "quantize-gptq-w4.yaml")
     recipe.model, recipe.workdir, recipe.evaluate = str(tiny_dir), str(tmp_path / "steps"), None
     recipe.steps[0]["quantize"]["calibration"] = {"n_samples": 2, "seq_len": 32}
     recipe.steps[0]["quantize"]["group_size"] = 32
     summary = run_recipe(recipe, tmp_path, log=lambda *a: None)
-    metrics = summary["steps"][0]["metrics"]
+    metrics = summary["steps"][-1]["metrics"]
     assert metrics["size_on_disk_mb"] > 0 and metrics["quantize_seconds"] >= 0
     assert load_model(summary["output"]).card.step == "quantize"
 

@@ -5,8 +5,8 @@ import yaml
 
 from lmopt.errors import LmoptError
 from lmopt.monitor import Registry
-from lmopt.pipeline import Recipe, get_step, load_recipe_file, run_recipe
-from lmopt.pipeline.steps import STEP_MODULES
+from lmopt.pipeline import Recipe, load_recipe_file, run_recipe
+from lmopt.step import STEP_TABLE, NullRecorder, Step, get_step
 
 
 def write_recipe(path, model, **extra):
@@ -56,14 +56,44 @@ def test_recipe_evaluations_and_registry(tmp_path, tiny_dir):
                            "evaluate": {"tasks": ["pydoc"], "limit": 1, "seq_len": 16}})
     summary = run_recipe(recipe, tmp_path, registry=registry, log=lambda m: None)
     assert summary["evaluation"][str(tiny_dir)]["tasks"]["pydoc"]["windows"] == 1
-    rows = registry.query(kind="eval")
-    assert rows and rows[0]["task"] == "pydoc" and rows[0]["model_hash"]
+    rows = registry.query(kind="evaluate")
+    assert len(rows) == 1 and rows[0]["task"] == "pydoc" and rows[0]["model_hash"]
+    assert rows[0]["metrics"]["windows"] == 1
 
 
-def test_every_listed_step_module_registers_its_step():
-    for name, module in STEP_MODULES.items():
-        try:
-            spec = get_step(name)
-        except LmoptError:
-            continue  # that stage has not landed in this checkout
-        assert spec.name == name and spec.config.__module__.startswith("lmopt"), module
+def test_evaluate_block_is_evaluate_steps_around_the_others(tmp_path, tiny_dir):
+    recipe = Recipe.parse({"model": str(tiny_dir), "steps": [{"bench": {"new_tokens": 2}}],
+                           "evaluate": {"tasks": ["pydoc"], "limit": 1, "baseline": True}})
+    assert [name for name, _ in recipe.step_list()] == ["evaluate", "bench", "evaluate"]
+    assert recipe.step_list()[0][1] == {"tasks": ["pydoc"], "limit": 1, "seq_len": 2048}
+
+
+class CountingRecorder(NullRecorder):
+    def __init__(self):
+        self.rows = []
+
+    def record(self, kind, model, metrics, **fields):
+        self.rows.append((kind, model, fields.get("task")))
+        return len(self.rows)
+
+
+def test_the_runner_records_each_step_once_and_cached_steps_not_again(tmp_path, tiny_dir):
+    recorder = CountingRecorder()
+    recipe = Recipe.parse({"model": str(tiny_dir), "dtype": "float32", "workdir": str(tmp_path / "w"),
+                           "steps": [{"quantize": {"method": "rtn", "bits": 8}},
+                                     {"evaluate": {"tasks": ["pydoc"], "limit": 1, "seq_len": 16}}]})
+    run_recipe(recipe, tmp_path, registry=recorder, log=lambda m: None)
+    assert [kind for kind, _, _ in recorder.rows] == ["quantize", "evaluate"]
+    run_recipe(recipe, tmp_path, registry=recorder, log=lambda m: None)
+    assert len(recorder.rows) == 2  # both cached: nothing measured, nothing recorded again
+
+
+def test_every_step_in_the_table_is_declared_under_its_name():
+    for name in STEP_TABLE:
+        step = get_step(name)
+        assert isinstance(step, Step) and step.name == name and step.summary
+
+
+def test_unknown_step_names_the_known_ones():
+    with pytest.raises(LmoptError, match="unknown step 'nope' .*quantize"):
+        get_step("nope")

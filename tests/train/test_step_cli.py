@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmopt.pipeline import Recipe, get_step, load_recipe_file, run_recipe
+from lmopt.pipeline import Recipe, load_recipe_file, run_recipe
+from lmopt.step import get_step
 
 RECIPES = ["finetune-lora-pubmed.yaml", "finetune-chat-alpaca.yaml", "distill-half-depth.yaml"]
 SMALL = {

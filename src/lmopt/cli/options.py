@@ -10,6 +10,7 @@ default applies when a flag is not given.
 from __future__ import annotations
 
 import inspect
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,6 +110,9 @@ def field_value(raw: str, leaf: LeafField | None) -> Any:
     annotation = strip_optional(leaf.annotation) if leaf else None
     if typing.get_origin(annotation) is tuple and ":" in raw:
         return raw  # a range "lo:hi", parsed by the config's own validator
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and str in typing.get_args(annotation):
+        value = yaml.safe_load(raw) if raw.startswith("[") else raw  # `str | list[str]`: a list or the text
+        return value
     if annotation is str or (annotation is not None and is_literal(annotation)
                              and all(isinstance(a, str) for a in typing.get_args(annotation))):
         return raw  # "2:4" must stay a string (YAML 1.1 reads it as the base-60 number 124)

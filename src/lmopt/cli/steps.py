@@ -72,6 +72,26 @@ def _show_speed(summary: dict[str, Any], console: Console) -> None:
     console.print(speed_table(summary["steps"][-1]["metrics"]["speed"]))
 
 
+def _show_clean(summary: dict[str, Any], console: Console) -> None:
+    figures = summary["steps"][-1]["metrics"]
+    table = Table(title=f"clean: {figures['rows_in']} rows in, {figures['rows_out']} out")
+    for col in ("filter", "in", "removed", "out"):
+        table.add_column(col, justify="left" if col == "filter" else "right")
+    for stage in figures["filters"]:
+        table.add_row(stage["filter"], str(stage["in"]), str(stage["removed"]), str(stage["out"]))
+    console.print(table)
+    if figures["pii"]:
+        console.print("PII replaced: " + ", ".join(f"{k} {v}" for k, v in sorted(figures["pii"].items())))
+    if figures["bad_rows"]:
+        console.print(f"[yellow]{figures['bad_rows']} bad rows skipped[/] (line numbers in the report)")
+
+
+def _show_augment(summary: dict[str, Any], console: Console) -> None:
+    figures = summary["steps"][-1]["metrics"]
+    console.print(f"augment: {figures['rows_in']} rows in, {figures['rows_out']} out; made {figures['made']}, "
+                  f"dropped as copies {figures['dropped']}")
+
+
 CALIBRATION = {"calib": "calibration.source", "n-samples": "calibration.n_samples",
                "calib-seq-len": "calibration.seq_len"}
 VERBS = [
@@ -89,9 +109,10 @@ VERBS = [
          aliases={"dedup": "dedup.mode", "threshold": "dedup.threshold", "min-words": "quality.min_words",
                   "language": "quality.language"},
          switches={"pii": ({"pii.enabled": True}, "Replace e-mails, phones, IPs, cards, keys by placeholders."),
-                   "no-quality": ({"quality.enabled": False}, "Skip the quality rules.")}),
+                   "no-quality": ({"quality.enabled": False}, "Skip the quality rules.")},
+         show=_show_clean),
     Verb("augment", "augment", AugmentConfig, input="dataset", output="dataset", aliases={"method": "methods"},
-         short={"method": "-m"}),
+         short={"method": "-m"}, show=_show_augment),
 ]
 
 
