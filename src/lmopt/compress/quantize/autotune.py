@@ -93,9 +93,10 @@ def decide(timings: dict[str, Any], kernel: str | None, cache_dense: bool, margi
     """The fastest path per row range from `timings` (pure; see `measure` for the layout).
 
     A dense path costs its matmul when the layer may keep a dense copy, else matmul + de-quantizing
-    the weight on the call. One dense dtype per layer (the one closest to the best over all row
-    counts), so at most one copy is kept. Each measured row count owns the rows up to the geometric
-    mean with the next one (1 -> 1-2, 8 -> 3-16, 32 -> 17-128, 512 -> 129+)."""
+    the weight on the call. One dense dtype per layer (the one whose plan, with the kernel, comes
+    closest to the best at every row count), so at most one copy is kept. Each measured row count
+    owns the rows up to the geometric mean with the next (1 -> 1-2, 8 -> 3-16, 32 -> 17-128,
+    512 -> 129+)."""
     rows, paths, per_call = timings["rows"], timings["paths"], timings.get("dequant", {})
 
     def cost(path: str, i: int) -> float:
@@ -105,10 +106,14 @@ def decide(timings: dict[str, Any], kernel: str | None, cache_dense: bool, margi
     denses = [d for d in DENSE if d in paths]
     if not denses and kernel is None:
         raise ValueError("timings hold neither the layer's kernel nor a dense path")
-    best = [min(cost(p, i) for p in [*denses, *([kernel] if kernel else [])]) for i in range(len(rows))]
-    dense = min(denses, key=lambda d: sum(cost(d, i) / best[i] for i in range(len(rows)))) if denses else None
+    n = len(rows)
+    best = [min(cost(p, i) for p in [*denses, *([kernel] if kernel else [])]) for i in range(n)]
+
+    def shortfall(d: str) -> float:  # how far a plan with dense dtype d (and the kernel) is from the best
+        return sum(min(cost(d, i), cost(kernel, i) if kernel else math.inf) / best[i] for i in range(n))
+    dense = min(denses, key=shortfall) if denses else None
     choice = []
-    for i in range(len(rows)):
+    for i in range(n):
         keep_kernel = kernel is not None and (dense is None or cost(kernel, i) <= cost(dense, i) * (1 + margin))
         choice.append(kernel if keep_kernel else dense)
     limits = [math.isqrt(rows[i] * rows[i + 1]) for i in range(len(rows) - 1)] + [MAX_ROWS]

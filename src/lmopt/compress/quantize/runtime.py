@@ -130,16 +130,17 @@ class QuantLinear(torch.nn.Module):
     @classmethod
     def stack(cls, linears: Sequence[QuantLinear]) -> QuantLinear | None:
         """One layer computing [W_1; W_2; ...] for layers that read the same input (q/k/v, gate/up),
-        built from their codes on the same int4/int8 backend; None when they differ in layout or
-        settings. The originals then run the stacked layer's plan (so fused and separate calls agree)
-        and their dense copies become row views of its copy (kept once, not twice)."""
+        built from their codes on the same backend; None when they differ in layout or settings, or
+        when the stacked layer would only de-quantize on every call (nothing gained). The originals
+        then run the stacked layer's plan (so fused and separate calls agree) and their dense copies
+        become row views of its copy (kept once, not twice)."""
         def settings(lin: QuantLinear) -> tuple:
             return (lin.in_features, lin.bits, lin.group_size, lin.act_quant, lin.backend, lin.requested,
                     lin.dense_rows, lin.cache_dense, lin.qweight.device)
         if len(linears) < 2 or not all(isinstance(lin, QuantLinear) for lin in linears):
             return None
         first = linears[0]
-        if len({settings(lin) for lin in linears}) != 1 or not first.is_fast:
+        if len({settings(lin) for lin in linears}) != 1:
             return None
         bias = None
         if any(lin.bias is not None for lin in linears):
@@ -149,7 +150,8 @@ class QuantLinear(torch.nn.Module):
                                  torch.cat([lin.scales.float() for lin in linears]),
                                  torch.cat([lin.zeros.float() for lin in linears]),
                                  first.bits, first.group_size, bias).to(first.qweight.device)
-        if stacked.prepare(first.requested, first.dense_rows, first.cache_dense) != first.backend:
+        if stacked.prepare(first.requested, first.dense_rows, first.cache_dense) != first.backend or \
+                all(path == "dequant" for _, path in stacked.plan.tiers):
             return None
         adopted = replace(stacked.plan, source=f"stacked ({stacked.out_features}x{stacked.in_features}), "
                                                f"{stacked.plan.source}")
