@@ -137,7 +137,10 @@ def test_disconnect_frees_the_slot_and_overload_gets_429(tiny) -> None:
         _wait(lambda: engine.num_unfinished() == 0 and engine.scheduler.slots.used == 0)
         assert engine.metrics.finished.get("abort") == 1
         assert client.completions.create(model="tiny", prompt="y", max_tokens=4).usage.completion_tokens >= 1
-        # a non-streaming client that gives up (timeout) is noticed too
+        # a non-streaming client that gives up (timeout) is noticed too; each step is slowed down so
+        # the request is still running when the client leaves (the tiny model decodes 500 tokens in 0.3 s)
+        forward = engine.runner.forward
+        engine.runner.forward = lambda *args: (time.sleep(0.005), forward(*args))[1]
         with pytest.raises(httpx.TimeoutException):
             httpx.post(srv.url + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=0.3,
                        json={"prompt": "z", "max_tokens": 500, "ignore_eos": True})

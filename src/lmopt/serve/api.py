@@ -1,16 +1,20 @@
-"""The OpenAI-compatible FastAPI app: /v1/completions, /v1/chat/completions, /v1/models, /health, /metrics.
+"""The OpenAI-compatible FastAPI app: /v1/completions, /v1/chat/completions, /v1/models, /v1/feedback,
+/health, /metrics.
 
-    app = create_app(AsyncEngine(Engine(load_model(ref))), ServerConfig(), model_name="smollm2")
+    app = create_app(AsyncEngine(Engine(load_model(ref))), ServerConfig(), model_name="smollm2",
+                     telemetry=Telemetry(store, sample_rate=0.1))
 
 Invalid requests get a 400 with an OpenAI-style error body, a missing or wrong API key a 401,
 a full queue a 429, a draining server a 503. A client that disconnects (streaming or not) aborts
-its request, which frees the KV slot. Shutting the app down drains in-flight requests.
+its request, which frees the KV slot at the engine's next iteration. With a traffic sink, sampled
+requests are recorded when their response ends (see telemetry.py) and `/v1/feedback` stores ratings.
+Shutting the app down drains in-flight requests, then closes the sink.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,7 +23,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException
 
 from lmopt.serve.async_engine import AsyncEngine, RequestStream
@@ -29,20 +33,30 @@ from lmopt.serve.protocol import (
     APIError,
     ChatCompletionRequest,
     CompletionRequest,
+    FeedbackRequest,
     chat_body,
     chat_chunk,
     completion_body,
     new_id,
     usage,
 )
+from lmopt.serve.responses import collect, sse_response
+from lmopt.serve.telemetry import FeedbackRecord, Telemetry, TrafficRecord, chat_prompt_text
+
+log = logging.getLogger("lmopt.serve")
 
 OPENAI_COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # what OpenAI's /v1/completions uses when max_tokens is unset
 
 
-def create_app(engine: AsyncEngine, config: ServerConfig | None = None, model_name: str = "model") -> FastAPI:
-    """Build the app around a started AsyncEngine."""
+def create_app(engine: AsyncEngine, config: ServerConfig | None = None, model_name: str = "model",
+               telemetry: Telemetry | None = None) -> FastAPI:
+    """Build the app around a started AsyncEngine; `telemetry` records traffic (default: nothing).
+
+    `app.state.telemetry.metrics.set_drift(metric, value)` publishes a drift figure on /metrics.
+    """
     config = config or ServerConfig()
     name = config.model_name or model_name
+    telemetry = telemetry or Telemetry()
     state = {"draining": False}
 
     @asynccontextmanager
@@ -50,12 +64,13 @@ def create_app(engine: AsyncEngine, config: ServerConfig | None = None, model_na
         yield
         state["draining"] = True
         await engine.shutdown(config.drain_timeout_s)
+        await asyncio.to_thread(telemetry.close)  # writes what is still queued
 
     app = FastAPI(title="lmopt", lifespan=lifespan)
-    app.state.engine = engine.engine
+    app.state.engine, app.state.telemetry = engine.engine, telemetry
     _install_error_handlers(app)
     auth = _auth_dependency(config.api_key)
-    front = _Front(engine, config, name)
+    front = _Front(engine, config, name, telemetry)
 
     @app.get("/health")
     async def health() -> Response:
@@ -66,7 +81,8 @@ def create_app(engine: AsyncEngine, config: ServerConfig | None = None, model_na
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return PlainTextResponse(engine.engine.metrics.render(), media_type="text/plain; version=0.0.4")
+        text = engine.engine.metrics.render() + telemetry.render()
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models", dependencies=[Depends(auth)])
     async def models() -> dict[str, Any]:
@@ -82,14 +98,35 @@ def create_app(engine: AsyncEngine, config: ServerConfig | None = None, model_na
     async def chat(req: ChatCompletionRequest, request: Request) -> Response:
         return await front.chat(req, request)
 
+    @app.post("/v1/feedback", dependencies=[Depends(auth)])
+    async def feedback(req: FeedbackRequest) -> dict[str, Any]:
+        return await _feedback(telemetry, req)
+
     return app
+
+
+async def _feedback(telemetry: Telemetry, req: FeedbackRequest) -> dict[str, Any]:
+    if not telemetry.enabled:
+        raise APIError(501, "this server records no feedback: it was started without a traffic store",
+                       code="feedback_disabled")
+    record = FeedbackRecord(req.response_id, req.rating, req.correction, req.comment, time.time())
+    try:
+        known = await telemetry.feedback(record)
+    except Exception as exc:  # the database is down or locked: say so, the client may retry
+        log.exception("storing feedback failed")
+        raise APIError(503, f"the feedback could not be stored ({type(exc).__name__}); retry later",
+                       kind="service_unavailable", code="store_unavailable") from None
+    if not known:
+        raise APIError(404, f"no response with id '{req.response_id}' is known to this server; give the "
+                       f"`id` a completion returned", param="response_id", code="response_not_found")
+    return {"object": "feedback", "response_id": req.response_id, "rating": req.rating, "stored": True}
 
 
 class _Front:
     """Turns requests into token ids and sampling params, and engine outputs into responses."""
 
-    def __init__(self, engine: AsyncEngine, config: ServerConfig, name: str) -> None:
-        self.engine, self.config, self.name = engine, config, name
+    def __init__(self, engine: AsyncEngine, config: ServerConfig, name: str, telemetry: Telemetry) -> None:
+        self.engine, self.config, self.name, self.telemetry = engine, config, name, telemetry
         self.tokenizer = engine.tokenizer
         limit = engine.engine.max_model_len
         self.max_prompt = min(config.max_prompt_tokens or limit - 1, limit - 1)
@@ -104,6 +141,8 @@ class _Front:
         ids = self.tokenizer(prompt)["input_ids"] if isinstance(prompt, str) else list(prompt)
         stream = self._submit(req, ids, req.max_tokens, OPENAI_COMPLETIONS_DEFAULT_MAX_TOKENS, "prompt")
         rid = new_id("cmpl")
+        on_end = self._recorder(rid, "completions", stream, bool(req.stream),
+                                lambda: prompt if isinstance(prompt, str) else self.tokenizer.decode(ids), None)
         if req.stream:
             def chunk(out: RequestOutput) -> dict[str, Any]:
                 return completion_body(rid, self.name, out.text, out.finish_reason, None, chunk=True)
@@ -112,18 +151,22 @@ class _Front:
                 return {"id": rid, "object": "text_completion", "created": int(time.time()),
                         "model": self.name, "choices": [], "usage": use}
 
-            return _sse(stream, chunk, final if _include_usage(req) else None)
-        outs = await _collect(stream, request)
+            return sse_response(stream, chunk, final if _include_usage(req) else None, on_end)
+        outs = await collect(stream, request, on_end)
         text, last = "".join(o.text for o in outs), outs[-1]
         use = usage(last.prompt_tokens, last.completion_tokens)
         return JSONResponse(completion_body(rid, self.name, text, last.finish_reason, use))
 
     async def chat(self, req: ChatCompletionRequest, request: Request) -> Response:
         self._check_model(req.model)
-        ids = self._chat_ids(req)
+        messages = [{**m.model_dump(exclude_none=True), "content": m.text()} for m in req.messages]
+        ids = self._chat_ids(messages)
         stream = self._submit(req, ids, req.max_completion_tokens or req.max_tokens,
                               self.config.default_max_tokens, "messages")
         rid = new_id("chatcmpl")
+        kept = [{"role": m["role"], "content": m["content"]} for m in messages]
+        on_end = self._recorder(rid, "chat.completions", stream, bool(req.stream),
+                                lambda: chat_prompt_text(kept), kept)
         if req.stream:
             first = [True]
 
@@ -136,21 +179,42 @@ class _Front:
             def final(use: dict[str, int]) -> dict[str, Any]:
                 return chat_chunk(rid, self.name, None, None, use)
 
-            return _sse(stream, chunk, final if _include_usage(req) else None)
-        outs = await _collect(stream, request)
+            return sse_response(stream, chunk, final if _include_usage(req) else None, on_end)
+        outs = await collect(stream, request, on_end)
         last = outs[-1]
         use = usage(last.prompt_tokens, last.completion_tokens)
         return JSONResponse(chat_body(rid, self.name, "".join(o.text for o in outs), last.finish_reason, use))
+
+    def _recorder(self, rid: str, endpoint: str, stream: RequestStream, streamed: bool,
+                  prompt: Callable[[], str], messages: list[dict[str, str]] | None) -> Callable[[], None]:
+        """What to run when the response ends: hand a record to the sink if this request is sampled."""
+        self.telemetry.issued(rid)
+        if not self.telemetry.sampled():
+            return _nothing
+        stream.keep_text = True
+        created = time.time()
+
+        def on_end() -> None:
+            try:
+                end = time.monotonic()
+                ttft = None if stream.first_token_time is None else stream.first_token_time - stream.arrival
+                self.telemetry.record(TrafficRecord(
+                    rid, endpoint, self.name, self.telemetry.model_hash, prompt(), messages,
+                    "".join(stream.text_parts), stream.prompt_tokens, stream.completion_tokens,
+                    stream.finish_reason or "abort", streamed, ttft, end - stream.arrival, created))
+            except Exception:  # recording must never fail a response
+                log.exception("recording request %s failed", rid)
+
+        return on_end
 
     def _check_model(self, model: str | None) -> None:
         if model not in (None, self.name):
             raise APIError(404, f"The model '{model}' does not exist (this server serves '{self.name}')",
                            param="model", code="model_not_found")
 
-    def _chat_ids(self, req: ChatCompletionRequest) -> list[int]:
+    def _chat_ids(self, messages: list[dict[str, Any]]) -> list[int]:
         if not getattr(self.tokenizer, "chat_template", None):
             raise APIError(400, "this model has no chat template; use /v1/completions", param="messages")
-        messages = [{**m.model_dump(exclude_none=True), "content": m.text()} for m in req.messages]
         try:
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         except Exception as exc:  # template errors (unknown role, bad order) are the request's fault
@@ -181,49 +245,8 @@ def _include_usage(req: Any) -> bool:
     return bool(req.stream_options and req.stream_options.include_usage)
 
 
-def _sse(stream: RequestStream, chunk: Callable[[RequestOutput], dict[str, Any]],
-         final: Callable[[dict[str, int]], dict[str, Any]] | None) -> StreamingResponse:
-    """Server-sent events: one `data:` line per engine output, then `data: [DONE]`."""
-
-    async def events() -> AsyncIterator[str]:
-        try:
-            async for out in stream:
-                if out.finish_reason in ("error", "abort"):
-                    error = APIError(500, f"generation failed ({out.finish_reason})", kind="server_error")
-                    body = error.body()
-                    yield f"data: {json.dumps(body)}\n\n"
-                    return
-                if out.text or out.finished:
-                    yield f"data: {json.dumps(chunk(out))}\n\n"
-                if out.finished and final is not None:
-                    yield f"data: {json.dumps(final(usage(out.prompt_tokens, out.completion_tokens)))}\n\n"
-            yield "data: [DONE]\n\n"
-        finally:  # the client went away (the response task was cancelled) or the request ended
-            stream.cancel()
-
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
-async def _collect(stream: RequestStream, request: Request) -> list[RequestOutput]:
-    """All outputs of a non-streaming request; aborts it if the client disconnects meanwhile."""
-
-    async def drain() -> list[RequestOutput]:
-        return [out async for out in stream]
-
-    task = asyncio.ensure_future(drain())
-    try:
-        while not task.done():
-            await asyncio.wait({task}, timeout=0.2)
-            if not task.done() and await request.is_disconnected():
-                task.cancel()
-                raise APIError(499, "client disconnected", code="client_closed_request")
-        outs = task.result()
-    finally:
-        stream.cancel()
-    if outs[-1].finish_reason in ("error", "abort"):
-        raise APIError(500, f"generation failed ({outs[-1].finish_reason})", kind="server_error")
-    return outs
+def _nothing() -> None:
+    pass
 
 
 def _auth_dependency(api_key: str | None) -> Callable[[Request], None]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 from lmopt.serve.engine import Engine, RequestOutput
@@ -39,7 +40,7 @@ class AsyncEngine:
                 loop.call_soon_threadsafe(queue.put_nowait, out)
 
         rid = self.engine.add_request(prompt, params, deliver, request_id)
-        return RequestStream(self.engine, rid, queue)
+        return RequestStream(self.engine, rid, queue, len(prompt))
 
     async def generate(self, prompt: list[int], params: SamplingParams) -> list[RequestOutput]:
         """All outputs of one request (non-streaming); cancelling the caller aborts the request."""
@@ -54,11 +55,22 @@ class AsyncEngine:
 
 
 class RequestStream:
-    """Async iterator over one request's outputs; `cancel()` aborts it unless it already finished."""
+    """Async iterator over one request's outputs; `cancel()` aborts it unless it already finished.
 
-    def __init__(self, engine: Engine, request_id: str, queue: asyncio.Queue[RequestOutput]) -> None:
+    It also keeps what a traffic record needs (token counts, timings, the finish reason and, when
+    `keep_text` is set, the text), whoever consumes it and however it ends.
+    """
+
+    def __init__(self, engine: Engine, request_id: str, queue: asyncio.Queue[RequestOutput],
+                 prompt_tokens: int = 0) -> None:
         self.engine, self.request_id, self.queue = engine, request_id, queue
         self.finished = False
+        self.arrival = time.monotonic()
+        self.first_token_time: float | None = None
+        self.prompt_tokens, self.completion_tokens = prompt_tokens, 0
+        self.finish_reason: str | None = None
+        self.keep_text = False
+        self.text_parts: list[str] = []
 
     def __aiter__(self) -> RequestStream:
         return self
@@ -68,9 +80,19 @@ class RequestStream:
             raise StopAsyncIteration
         out = await self.queue.get()
         self.finished = out.finished
+        self._note(out)
         return out
+
+    def _note(self, out: RequestOutput) -> None:
+        if out.token_ids and self.first_token_time is None:
+            self.first_token_time = time.monotonic()
+        self.completion_tokens = out.completion_tokens
+        self.finish_reason = out.finish_reason
+        if self.keep_text and out.text:
+            self.text_parts.append(out.text)
 
     def cancel(self) -> None:
         if not self.finished:
             self.finished = True
+            self.finish_reason = self.finish_reason or "abort"
             self.engine.abort(self.request_id)

@@ -112,6 +112,8 @@ class Engine:
         self._accepting = True
         self._thread: threading.Thread | None = None
         self._stop = False
+        self.iterations = 0
+        """Engine steps taken (a request aborted during step n has left the batch by step n + 1)."""
 
     # ---- requests (any thread) ----
     def add_request(self, prompt: list[int], params: SamplingParams,
@@ -153,9 +155,13 @@ class Engine:
     # ---- the loop (engine thread) ----
     def step(self) -> bool:
         """One iteration; False when there was nothing to do."""
+        self.iterations += 1
         self._take_inbox()
         plan = self.scheduler.schedule()
         if plan is None:
+            # Aborts may just have emptied the batch: without this the gauges would keep the last
+            # busy iteration's figures until the next request (the "running stays at 7" bug).
+            self._publish_state()
             return False
         try:
             logits = self.runner.forward(plan.inputs, self.cache)
@@ -166,13 +172,16 @@ class Engine:
             log.exception("engine step failed; failing the requests of this batch")
             for seq in list(self.scheduler.running):
                 self._finish(seq, "error")
+            self._publish_state()
             return True
         for seq, token in zip(plan.logit_seqs, tokens, strict=True):
             self._append(seq, token)
-        prompt_tokens = sum(n for _, _, n in plan.prefill)
-        self.metrics.on_step(len(tokens), prompt_tokens, self.queue_depth(), len(self.scheduler.running),
-                             self.scheduler.slots.used)
+        self._publish_state(len(tokens), sum(n for _, _, n in plan.prefill))
         return True
+
+    def _publish_state(self, generated: int = 0, prompt_tokens: int = 0) -> None:
+        self.metrics.on_step(generated, prompt_tokens, self.queue_depth(), len(self.scheduler.running),
+                             self.scheduler.slots.used)
 
     def _take_inbox(self) -> None:
         with self._lock:

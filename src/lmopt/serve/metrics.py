@@ -2,7 +2,11 @@
 
 Gauges: queue depth, running batch size, KV slots in use, generated tokens/s over the last 10 s.
 Counters: requests by finish reason, prompt and generated tokens. Histograms: time to first token,
-end-to-end latency, time per output token. Updated from the engine thread, read from the server.
+end-to-end latency, time per output token. Updated from the engine thread after every iteration
+(also one that only retired aborted requests), read from the server.
+
+`TelemetryMetrics`: traffic records queued and dropped, feedback by rating sign, and the drift
+figures a checker publishes with `set_drift(metric, value)`.
 """
 
 from __future__ import annotations
@@ -106,3 +110,70 @@ class EngineMetrics:
             for name, doc, hist in hists:
                 lines += [f"# HELP {name} {doc}", f"# TYPE {name} histogram", *hist.lines(name)]
             return "\n".join(lines) + "\n"
+
+
+class TelemetryMetrics:
+    """Traffic recording, feedback and drift figures, rendered after the engine's on /metrics.
+
+    Drift gauges exist only once a checker has set them (`set_drift`): no placeholder series.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.recorded = 0
+        self.dropped = 0
+        self.feedback: dict[str, int] = {"negative": 0, "neutral": 0, "positive": 0}
+        self.corrections = 0
+        self.drift: dict[str, float] = {}
+        self.drift_alerts: dict[str, bool] = {}
+
+    def on_record(self, accepted: bool) -> None:
+        with self._lock:
+            if accepted:
+                self.recorded += 1
+            else:
+                self.dropped += 1
+
+    def on_feedback(self, rating: float, corrected: bool) -> None:
+        kind = "positive" if rating > 0 else "negative" if rating < 0 else "neutral"
+        with self._lock:
+            self.feedback[kind] += 1
+            self.corrections += int(corrected)
+
+    def set_drift(self, metric: str, value: float, alert: bool | None = None) -> None:
+        """Publish a drift statistic (e.g. "prompt_length_js", "feedback_rate") and whether it alerts."""
+        with self._lock:
+            self.drift[metric] = float(value)
+            if alert is not None:
+                self.drift_alerts[metric] = alert
+
+    def render(self, traffic: bool = True, failed_writes: int | None = None) -> str:
+        with self._lock:
+            lines: list[str] = []
+            if traffic:
+                counters = [("lmopt_traffic_records_total", "Requests queued for the traffic store",
+                             self.recorded),
+                            ("lmopt_traffic_records_dropped_total",
+                             "Sampled requests not recorded because the store's queue was full", self.dropped)]
+                if failed_writes is not None:
+                    counters.append(("lmopt_traffic_write_failures_total",
+                                     "Queued records the store failed to write", failed_writes))
+                counters.append(("lmopt_feedback_corrections_total", "Feedback with a corrected answer",
+                                 self.corrections))
+                for name, doc, value in counters:
+                    lines += [f"# HELP {name} {doc}", f"# TYPE {name} counter", f"{name} {value}"]
+                lines += ["# HELP lmopt_feedback_total Feedback received by rating sign",
+                          "# TYPE lmopt_feedback_total counter"]
+                lines += [f'lmopt_feedback_total{{rating="{k}"}} {n}' for k, n in self.feedback.items()]
+            for name, doc, values in (("lmopt_drift", "Drift statistic by metric", self.drift),
+                                      ("lmopt_drift_alert", "1 when the drift metric is past its threshold",
+                                       {k: int(v) for k, v in self.drift_alerts.items()})):
+                if values:
+                    lines += [f"# HELP {name} {doc}", f"# TYPE {name} gauge"]
+                    lines += [f'{name}{{metric="{_label(k)}"}} {v}' for k, v in sorted(values.items())]
+            return "\n".join(lines) + "\n" if lines else ""
+
+
+def _label(value: str) -> str:
+    """A Prometheus label value: backslash, double quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

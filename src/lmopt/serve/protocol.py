@@ -1,6 +1,7 @@
 """The OpenAI wire format: request models (validated, unknown fields refused), response builders.
 
 Extensions beyond OpenAI's fields, as vLLM names them: `top_k`, `ignore_eos`.
+`POST /v1/feedback` (`FeedbackRequest`) is lmopt's own: a rating of a response by its id.
 Accepted but only at their neutral value (anything else is a 400): `n` = 1, penalties = 0, no
 `logprobs`, no `echo`, no `suffix`.
 """
@@ -11,7 +12,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from lmopt.serve.sampling import SamplingParams
 
@@ -89,6 +90,20 @@ class ChatCompletionRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: Literal[False] | None = None
+
+
+class FeedbackRequest(BaseModel):
+    """`POST /v1/feedback`: what a user said about one response."""
+
+    model_config = ConfigDict(extra="forbid")
+    response_id: str = Field(min_length=1, max_length=128)
+    """The `id` of the completion being rated."""
+    rating: float = Field(ge=-1, le=1)
+    """-1 (bad) .. 1 (good); thumbs down/up are -1/1."""
+    correction: str | None = Field(default=None, max_length=100_000,
+                                   validation_alias=AliasChoices("correction", "corrected_answer"))
+    """The answer the user would have wanted (also accepted as `corrected_answer`)."""
+    comment: str | None = Field(default=None, max_length=10_000)
 
 
 def new_id(prefix: str) -> str:
