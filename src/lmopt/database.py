@@ -2,9 +2,9 @@
 
 `check_database(url, what)` is called where a store opens a URL (the registry, the tune storage):
 - `postgresql://` and `postgres://` URLs get the driver that is installed: psycopg 3
-  (`postgresql+psycopg://`, the `postgres` extra) unless psycopg2 is there. SQLAlchemy's default for a
-  bare `postgresql://` is psycopg2, so without this a user who installed the extra would be told
-  `No module named 'psycopg2'`.
+  (`postgresql+psycopg://`, the `postgres` extra) unless only psycopg2 is there. SQLAlchemy before 2.1
+  maps a bare `postgresql://` to psycopg2, so a user who installed the extra would be told
+  `No module named 'psycopg2'`; `postgres://` (Heroku-style URLs) no SQLAlchemy version accepts.
 - A missing driver, an unknown scheme or a server that does not answer is an `LmoptError` naming what
   to install or start (the CLI prints it as one line and exits 2), with the password masked.
 SQLite URLs are returned unchanged and not opened here (their stores create the file).

@@ -92,3 +92,12 @@ def test_check_database_accepts_a_live_server(pg_url):  # noqa: F811
     url = check_database(pg_url.replace("postgresql+psycopg://", "postgresql://"), "registry")
     assert url.startswith("postgresql+psycopg://")
     assert Registry(url).query() == []
+
+
+@pytest.mark.xfail(strict=True, reason="until lmopt.database.create_checked_engine is called in "
+                                       "Registry.__init__ (the lead wires it; then drop this mark)")
+def test_registry_on_an_unreachable_server_is_one_line():
+    with pytest.raises(LmoptError) as err:
+        Registry("postgresql://me:secret@127.0.0.1:1/lmopt")
+    message = str(err.value)
+    assert "\n" not in message and "secret" not in message and "cannot connect" in message
