@@ -42,6 +42,18 @@ PARITY_TEXT = (
     "away, the swallows returned to the rooftops, and the river carried the evening light out toward the sea."
 )
 
+PROMPTS = [
+    "The capital of France is", "Once upon a time, in a small village,", "To make a cup of tea, first",
+    "The three primary colors are", "Water boils when", "A good way to learn a new language is",
+    "The largest planet in our solar system is", "In the morning, the cat", "def add(a, b):\n   ",
+    "The most important rule of cooking is", "My favourite season is autumn because",
+    "The train left the station and", "Photosynthesis is the process by which",
+    "Here is a short poem about the sea:\n", "The difference between weather and climate is",
+    "She opened the old wooden box and found", "Exercise is good for your health because",
+    "The recipe calls for flour, sugar and", "A computer program is", "The museum was closed, so we",
+]
+"""Fixed prompts of the greedy-generation check (the goal compares 20; `parity.prompts` picks how many)."""
+
 GOALS = {"f32": (0.001, 0.995), "f16": (0.001, 0.995), "bf16": (0.001, 0.995), "exact": (0.001, 0.995),
          "q8_0": (0.005, None)}
 """Goal per kind of export: (max relative perplexity change, min top-1 agreement or None)."""
