@@ -1,8 +1,12 @@
 """Hardware detection and the decode roofline (weight bytes counted by brute force)."""
 
+import subprocess
+import sys
+
+import psutil
 import torch
 
-from lmopt.hardware import decode_roofline, detect_hardware, weight_bytes_per_token
+from lmopt.hardware import decode_roofline, detect_hardware, peak_child_rss_mb, peak_rss_mb, weight_bytes_per_token
 from lmopt.models import tiny_llama
 
 
@@ -25,3 +29,10 @@ def test_weight_bytes_count_the_tied_head_once_and_skip_an_untied_embedding():
         assert weight_bytes_per_token(model) == expected
     bf16 = tiny_llama().model.to(torch.bfloat16)
     assert decode_roofline(bf16, 10.0) > decode_roofline(tiny_llama().model, 10.0)
+
+
+def test_peak_rss_is_at_least_the_current_rss_and_counts_children_in_mb():
+    assert peak_rss_mb() >= psutil.Process().memory_info().rss / 2**20 - 1
+    subprocess.run([sys.executable, "-c", "x = bytearray(120 * 2**20); x[::4096] = b'1' * len(x[::4096])"],
+                   check=True)
+    assert peak_child_rss_mb() >= 120

@@ -1,15 +1,13 @@
 """Multiple-choice scoring: acc / acc_norm on hand-built tasks, harness-style encoding, batching."""
 
-import json
 import math
 
 import pytest
 import torch
 
-from lmopt.errors import LmoptError
+from lmopt.data.tasks import MCItem
 from lmopt.evaluate.loglik import encode_pair, loglikelihoods
 from lmopt.evaluate.mc import score_items
-from lmopt.evaluate.tasks import MCItem, load_task
 
 
 class UniformLM(torch.nn.Module):
@@ -74,27 +72,3 @@ def test_greedy_task_counts_exact_continuations(tiny):
     if encode_pair(tiny.tokenizer, context, cont)[1] == out[0, len(ids):].tolist():
         assert result["acc"] == 1.0
     assert math.isfinite(result["perplexity"])
-
-
-def test_user_task_file_and_its_errors(tmp_path, tiny):
-    good = tmp_path / "task.jsonl"
-    good.write_text("\n".join(json.dumps({"query": f"2+{i}=", "choices": [str(2 + i), "0"], "gold": 0})
-                              for i in range(3)))
-    items = load_task(f"mc:{good}")
-    assert len(items) == 3 and items[0].requests[0] == ("2+0=", " 2")
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"query": "a", "choices": ["x"], "gold": 0}\n{"query": "b", "choices": []}\n')
-    with pytest.raises(LmoptError, match=r"bad.jsonl:2"):
-        load_task(f"mc:{bad}")
-    with pytest.raises(LmoptError, match="unknown task"):
-        load_task("nosuchtask")
-
-
-@pytest.mark.parametrize("name", ["piqa", "arc_easy", "arc_challenge", "boolq", "winogrande", "openbookqa",
-                                  "copa", "lambada"])
-def test_shipped_tasks_parse(name, data_dir):
-    items = load_task(name, data_dir, limit=5)
-    assert len(items) == 5
-    for item in items:
-        assert 0 <= item.gold < len(item.requests)
-        assert all(cont.startswith(" ") for _, cont in item.requests)

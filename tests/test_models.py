@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lmopt.errors import LmoptError
-from lmopt.models import ModelCard, atomic_directory, load_model, save_model
+from lmopt.models import ModelCard, load_model, save_model
 
 
 def logits(model, ids):
@@ -27,25 +27,6 @@ def test_saved_model_loads_with_plain_transformers(tiny, tmp_path):
     assert card["step"] == "test" and card["metrics"] == {"x": 1}
     assert ours.card.step == "test" and ours.hash == ours.hash and len(ours.hash) == 16
     assert ours.tokenizer.chat_template
-
-
-def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
-    target = tmp_path / "artifact"
-
-    def broken(tmp):
-        (tmp / "half.bin").write_bytes(b"x")
-        raise RuntimeError("crash mid-write")
-
-    with pytest.raises(RuntimeError):
-        atomic_directory(target, broken)
-    assert not target.exists() and list(tmp_path.iterdir()) == []
-
-
-def test_atomic_directory_replaces_an_existing_artifact(tmp_path):
-    target = tmp_path / "a"
-    atomic_directory(target, lambda t: (t / "v").write_text("1"))
-    atomic_directory(target, lambda t: (t / "v").write_text("2"))
-    assert (target / "v").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["a"]
 
 
 def test_bad_references_give_clear_errors(tmp_path):

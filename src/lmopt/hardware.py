@@ -2,17 +2,24 @@
 
 `detect_hardware()` reads the CPU model and ISA flags, memory and GPUs; `measure_bandwidth()` times
 large copies; `decode_roofline()` is the batch-1 decode speed limit: bandwidth divided by the bytes
-of weights read per generated token.
+of weights read per generated token; `peak_rss_mb()` is this process's memory high-water mark.
+
+torch is imported inside the functions that use it: the CLI imports this module at start-up
+(`lmopt hw`, `lmopt --help`), and importing torch takes about a second.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import resource
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any
+
+import psutil
 
 ISA_FLAGS = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "asimd", "sve"]
 
@@ -51,7 +58,7 @@ def _cpu_info() -> tuple[str, set[str]]:
 
 
 def _gpus() -> list[dict[str, Any]]:
-    import torch
+    import torch  # lazy: start-up cost (module docstring)
 
     gpus = []
     if torch.cuda.is_available():
@@ -67,8 +74,6 @@ def _gpus() -> list[dict[str, Any]]:
 @lru_cache(maxsize=1)
 def detect_hardware() -> Hardware:
     """Describe this machine and the defaults lmopt picks for it (no bandwidth measurement)."""
-    import psutil
-
     name, flags = _cpu_info()
     isa = [f for f in ISA_FLAGS if f in flags]
     gpus = _gpus()
@@ -94,14 +99,14 @@ def _default_threads(physical: int) -> int:
 
 def default_dtype() -> Any:
     """The torch dtype lmopt uses when the user does not choose one."""
-    import torch
+    import torch  # lazy: start-up cost (module docstring)
 
     return getattr(torch, detect_hardware().dtype)
 
 
 def apply_threads(threads: int | None = None) -> int:
     """Set torch's intra-op threads to `threads` (default: physical cores) and return it."""
-    import torch
+    import torch  # lazy: start-up cost (module docstring)
 
     threads = threads or detect_hardware().threads
     torch.set_num_threads(threads)
@@ -113,7 +118,7 @@ def measure_bandwidth(size_mb: int = 256, repeats: int = 5, device: str = "cpu")
 
     A copy reads and writes each byte, so bytes moved = 2 x size (the STREAM 'copy' convention).
     """
-    import torch
+    import torch  # lazy: start-up cost (module docstring)
 
     n = size_mb * (1 << 20) // 4
     src = torch.ones(n, dtype=torch.float32, device=device)
@@ -153,3 +158,18 @@ def weight_bytes_per_token(model: Any) -> int:
 def decode_roofline(model: Any, bandwidth_gbs: float) -> float:
     """Upper bound on batch-1 decode tokens/s: bandwidth / bytes of weights per token."""
     return bandwidth_gbs * 1e9 / max(1, weight_bytes_per_token(model))
+
+
+def _maxrss_mb(who: int) -> float:
+    # ru_maxrss is in KiB on Linux and in bytes on macOS.
+    return resource.getrusage(who).ru_maxrss / 1024 / (1024 if sys.platform == "darwin" else 1)
+
+
+def peak_rss_mb() -> float:
+    """High-water mark of this process's resident memory, in MB (includes everything loaded so far)."""
+    return _maxrss_mb(resource.RUSAGE_SELF)
+
+
+def peak_child_rss_mb() -> float:
+    """High-water mark of the largest finished child process (e.g. a worker), in MB."""
+    return _maxrss_mb(resource.RUSAGE_CHILDREN)

@@ -2,7 +2,7 @@
 
 As in GPT-3 (Brown et al. 2020, appendix C): canonical words (lower case, no punctuation), 13-grams
 by default. Each evaluation item is its context plus its gold continuation, as lmopt scores it
-(`lmopt.evaluate.tasks.load_task`); perplexity sources (pydoc, wikitext2, a text file) contribute
+(`lmopt.data.tasks.load_task`); perplexity sources (pydoc, wikitext2, a text file) contribute
 each blank-line-separated paragraph. An item shorter than n words is matched whole when it has at
 least `min_words` words; shorter ones cannot be told from ordinary phrases and are counted as skipped.
 
@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from lmopt.data.normalize import canonical_words, ngram_hashes, word_hashes
+from lmopt.data.tasks import MC_TASKS, load_task
+from lmopt.data.text import TEXT_SOURCES, load_text
 from lmopt.errors import LmoptError
 
 BITMAP_SIZE = 1 << 23  # 8 MB of bools; about 7% set for the 0.6M n-grams of seven zero-shot tasks
@@ -30,15 +32,11 @@ _LABELS = re.compile(r"\b(?:Question|Answer):")
 
 def eval_texts(name: str, data_dir: str | Path | None = None) -> Iterator[str]:
     """The texts of evaluation set `name`: one per multiple-choice item, or per paragraph of a text source."""
-    from lmopt.evaluate.tasks import MC_TASKS, load_task
-
     if name in MC_TASKS or name.startswith("mc:"):
         for item in load_task(name, data_dir):
             context, continuation = item.requests[item.gold if len(item.requests) > 1 else 0]
             yield _LABELS.sub(" ", context + continuation)
         return
-    from lmopt.data.text import TEXT_SOURCES, load_text
-
     if name not in TEXT_SOURCES and not Path(name).exists():
         raise LmoptError(f"decontaminate: unknown evaluation set '{name}' (choose {', '.join(MC_TASKS)}, "
                          f"{', '.join(TEXT_SOURCES)} or a text file)")

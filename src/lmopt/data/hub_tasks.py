@@ -1,4 +1,7 @@
-"""The same tasks read from the HF Hub datasets, for machines without a local data dir (online only)."""
+"""The evaluation tasks read from the HF Hub datasets, for machines without a local data dir (online only).
+
+Hub rows are mapped to the row layout of the local (MosaicML) files, so `tasks.py` formats both alike.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ HUB_SOURCES: dict[str, tuple[str, str | None, str]] = {
 
 def _to_local_row(name: str, r: dict[str, Any]) -> dict[str, Any]:
     """Map a hub row to the local (MosaicML) row format that tasks.py formats."""
+    if name == "piqa":
+        return {"goal": r["goal"], "sol1": r["sol1"], "sol2": r["sol2"], "label": r["label"]}
     if name.startswith("arc"):
         labels = r["choices"]["label"]
         return {"query": "Question: " + r["question"], "choices": r["choices"]["text"],
@@ -45,19 +50,14 @@ def _to_local_row(name: str, r: dict[str, Any]) -> dict[str, Any]:
     raise KeyError(name)
 
 
-def load_hub_task(name: str, data_dir: Path | None) -> list[Any]:
-    from lmopt.evaluate.tasks import LOCAL_TASKS, _choices_item
-
+def hub_rows(name: str, data_dir: Path | None) -> list[dict[str, Any]]:
+    """Rows of task `name` from its HF dataset, in the local file layout; a clear error offline."""
     dataset_id, config, split = HUB_SOURCES[name]
     try:
-        from datasets import load_dataset
+        from datasets import load_dataset  # lazy: ~1 s to import, needed only without local files
 
         rows = load_dataset(dataset_id, config, split=split)
     except Exception as exc:
         raise LmoptError(f"task '{name}': no local files under the data dir ({data_dir}) and the HF "
                          f"dataset {dataset_id} could not be fetched ({type(exc).__name__})") from None
-    if name == "piqa":
-        return [_choices_item(f"Question: {r['goal']}\nAnswer:", [r["sol1"], r["sol2"]], r["label"])
-                for r in rows]
-    fmt = LOCAL_TASKS[name][1]
-    return [fmt(_to_local_row(name, r)) for r in rows]
+    return [_to_local_row(name, r) for r in rows]

@@ -1,8 +1,10 @@
-"""Zero-shot multiple-choice and cloze tasks, formatted as lm-evaluation-harness formats them.
+"""Zero-shot multiple-choice and cloze tasks read into items, formatted as lm-evaluation-harness does.
 
 Each task turns its rows into `MCItem`s: one (context, continuation) request per choice and the gold
-index. Files come from the data dir (`shared/data` layout) or, when online, the HF datasets.
-Users' own tasks: `mc:PATH` reads jsonl rows `{"query": str, "choices": [str], "gold": int}`.
+index. Files come from the data dir (`shared/data` layout) or, when online, the HF datasets
+(`hub_tasks.py`). Users' own tasks: `mc:PATH` reads jsonl rows `{"query": str, "choices": [str],
+"gold": int}`. Reading items is data work (decontamination reads them too); scoring them is
+`lmopt.evaluate.mc`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmopt.data.hub_tasks import hub_rows
 from lmopt.errors import LmoptError
 from lmopt.settings import default_data_dir
 
@@ -89,27 +92,42 @@ def _user_mc(row: dict) -> MCItem:
     return MCItem([(query, sep + c) for c in choices], int(row["gold"]), [sep + c for c in choices])
 
 
-def _piqa(data_dir: Path) -> list[MCItem]:
+def _piqa(row: dict) -> MCItem:
+    return _choices_item(f"Question: {row['goal']}\nAnswer:", [row["sol1"], row["sol2"]], row["label"])
+
+
+def _local_piqa(data_dir: Path) -> list[MCItem]:
+    """PIQA's local files keep the labels apart from the rows, one per line."""
     path, labels = data_dir / "piqa" / "valid.jsonl", data_dir / "piqa" / "valid-labels.lst"
     golds = [int(x) for x in labels.read_text().split()]
     rows = list(_jsonl(path))
     if len(rows) != len(golds):
         raise LmoptError(f"{labels}: {len(golds)} labels for {len(rows)} rows in {path}")
-    return [_choices_item(f"Question: {r['goal']}\nAnswer:", [r["sol1"], r["sol2"]], g)
-            for (_, r), g in zip(rows, golds, strict=True)]
+    return [_piqa({**r, "label": g}) for (_, r), g in zip(rows, golds, strict=True)]
 
 
-# name -> (relative file, row formatter) for the MosaicML-format files; PIQA has its own reader.
-LOCAL_TASKS: dict[str, tuple[str, Callable[[dict], MCItem]]] = {
-    "arc_easy": ("arc_easy/arc_easy.jsonl", _arc),
-    "arc_challenge": ("arc_challenge/arc_challenge.jsonl", _arc),
-    "boolq": ("boolq/boolq.jsonl", _boolq),
-    "winogrande": ("winogrande/winogrande.jsonl", _winogrande),
-    "openbookqa": ("openbookqa/openbook_qa.jsonl", _obqa),
-    "copa": ("copa/copa.jsonl", _copa),
-    "lambada": ("lambada_openai/lambada_openai.jsonl", _lambada),
+FORMATS: dict[str, Callable[[dict], MCItem]] = {
+    "piqa": _piqa,
+    "arc_easy": _arc,
+    "arc_challenge": _arc,
+    "boolq": _boolq,
+    "winogrande": _winogrande,
+    "openbookqa": _obqa,
+    "copa": _copa,
+    "lambada": _lambada,
 }
-MC_TASKS = ("piqa", *LOCAL_TASKS)
+"""Task name -> formatter of one row (in the MosaicML file layout that `hub_tasks` maps hub rows to)."""
+LOCAL_FILES: dict[str, str] = {
+    "arc_easy": "arc_easy/arc_easy.jsonl",
+    "arc_challenge": "arc_challenge/arc_challenge.jsonl",
+    "boolq": "boolq/boolq.jsonl",
+    "winogrande": "winogrande/winogrande.jsonl",
+    "openbookqa": "openbookqa/openbook_qa.jsonl",
+    "copa": "copa/copa.jsonl",
+    "lambada": "lambada_openai/lambada_openai.jsonl",
+}
+"""Task name -> its file under the data dir; PIQA has its own reader."""
+MC_TASKS = tuple(FORMATS)
 GREEDY_TASKS = ("lambada",)  # accuracy = the continuation is the greedy output
 
 
@@ -129,12 +147,10 @@ def load_task(name: str, data_dir: str | Path | None = None, limit: int | None =
         if root is None:
             raise FileNotFoundError(name)
         if name == "piqa":
-            items = _piqa(root)
+            items = _local_piqa(root)
         else:
-            rel, fmt = LOCAL_TASKS[name]
-            items = _query_rows(_jsonl(root / rel), fmt, root / rel)
+            path = root / LOCAL_FILES[name]
+            items = _query_rows(_jsonl(path), FORMATS[name], path)
     except FileNotFoundError:
-        from lmopt.evaluate.hub_tasks import load_hub_task
-
-        items = load_hub_task(name, root)
+        items = [FORMATS[name](row) for row in hub_rows(name, root)]
     return items[:limit] if limit else items

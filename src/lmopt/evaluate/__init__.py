@@ -11,10 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lmopt.data.tasks import GREEDY_TASKS, MC_TASKS, load_task
+from lmopt.data.text import TEXT_SOURCES, load_text
+from lmopt.errors import LmoptError
 from lmopt.evaluate.mc import score_items
 from lmopt.evaluate.perplexity import perplexity
 from lmopt.evaluate.speed import benchmark_speed
-from lmopt.evaluate.tasks import GREEDY_TASKS, MC_TASKS, load_task
+from lmopt.hardware import apply_threads
+from lmopt.models import load_model
+from lmopt.progress import progress_bar
 
 __all__ = ["MC_TASKS", "benchmark_speed", "evaluate", "evaluate_model", "is_perplexity_task",
            "perplexity", "run_task"]
@@ -26,9 +31,6 @@ def is_perplexity_task(name: str) -> bool:
 
 def check_task(name: str) -> None:
     """Fail fast (before loading a model) on a task name that cannot run."""
-    from lmopt.data.text import TEXT_SOURCES
-    from lmopt.errors import LmoptError
-
     path = Path(name[3:] if name.startswith("mc:") else name).expanduser()
     if name in MC_TASKS or name in TEXT_SOURCES or name == "wikitext":
         return
@@ -43,12 +45,8 @@ def check_task(name: str) -> None:
 def run_task(loaded: Any, name: str, *, limit: int | None = None, seq_len: int = 2048,
              data_dir: str | Path | None = None, batch_size: int = 8) -> dict[str, Any]:
     """Metrics of one task on a loaded model (with a progress bar)."""
-    from lmopt.progress import progress_bar
-
     model, tokenizer = loaded.model, loaded.tokenizer
     if is_perplexity_task(name):
-        from lmopt.data.text import load_text
-
         text = load_text(name, data_dir)
         with progress_bar(f"perplexity {name}", None) as advance:
             last = [0]
@@ -79,9 +77,6 @@ def evaluate_model(ref: str | Path, tasks: list[str], *, limit: int | None = Non
                    data_dir: str | Path | None = None, dtype: str = "auto", batch_size: int = 8,
                    registry: Any = None) -> dict[str, Any]:
     """Load `ref`, evaluate it, record each task in `registry` (if given), return the results."""
-    from lmopt.hardware import apply_threads
-    from lmopt.models import load_model
-
     for task in tasks:
         check_task(task)
     apply_threads()

@@ -35,7 +35,7 @@ def loglikelihoods(
     progress: Callable[[int], None] | None = None,
 ) -> list[tuple[float, bool]]:
     """For each (context, continuation): (sum of log p(continuation tokens), greedy-match flag)."""
-    import torch
+    import torch  # lazy: `lmopt.evaluate` is imported at CLI start-up; torch takes ~1 s
 
     encoded = [encode_pair(tokenizer, c, x) for c, x in requests]
     # Longest first: batches of similar length waste little padding, and OOM shows up at once.

@@ -11,8 +11,8 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from lmopt.data.tasks import MCItem
 from lmopt.evaluate.loglik import loglikelihoods
-from lmopt.evaluate.tasks import MCItem
 
 
 def score_items(

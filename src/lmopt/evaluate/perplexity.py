@@ -16,7 +16,7 @@ from typing import Any
 
 def tokenize_windows(tokenizer: Any, text: str, seq_len: int, limit: int | None = None) -> Any:
     """Token ids as a (n_windows, seq_len) tensor following the protocol above."""
-    import torch
+    import torch  # lazy: `lmopt.evaluate` is imported at CLI start-up; torch takes ~1 s
 
     if seq_len < 2:
         raise ValueError("seq_len must be at least 2")
@@ -35,7 +35,7 @@ def tokenize_windows(tokenizer: Any, text: str, seq_len: int, limit: int | None 
 
 def window_nll(model: Any, windows: Any) -> tuple[float, int]:
     """Summed next-token NLL and number of predicted tokens for a (batch, seq) batch of windows."""
-    import torch
+    import torch  # lazy: `lmopt.evaluate` is imported at CLI start-up; torch takes ~1 s
 
     with torch.inference_mode():
         logits = model(input_ids=windows.to(model.device)).logits  # (batch, seq, vocab)

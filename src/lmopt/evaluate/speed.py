@@ -5,19 +5,22 @@
   so prompt processing is not counted as decoding.
 - time to first token: the batch-1 generate of 1 new token (prompt processing + one step).
 - peak RSS: the process's high-water mark (includes everything loaded so far).
+
+torch is imported inside the functions: `lmopt.evaluate` is imported at CLI start-up (its config
+module sits in this package), and importing torch takes about a second.
 """
 
 from __future__ import annotations
 
-import resource
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lmopt.hardware import decode_roofline, weight_bytes_per_token
+from lmopt.data.text import pydoc_text
+from lmopt.hardware import decode_roofline, peak_rss_mb, weight_bytes_per_token
+from lmopt.io import size_on_disk_mb
 
 
 def _median_time(fn: Callable[[], Any], repeats: int) -> float:
@@ -30,36 +33,20 @@ def _median_time(fn: Callable[[], Any], repeats: int) -> float:
 
 
 def _prompt(tokenizer: Any, batch: int, length: int) -> Any:
-    import torch
-
-    from lmopt.data.text import pydoc_text
+    import torch  # lazy: start-up cost (module docstring)
 
     ids = tokenizer(pydoc_text("eval")[:20 * length], add_special_tokens=False)["input_ids"][:length]
     return torch.tensor([ids] * batch, dtype=torch.long)
 
 
 def _generate(model: Any, prompt: Any, new_tokens: int, pad_id: int) -> Any:
-    import torch
+    import torch  # lazy: start-up cost (module docstring)
 
     with torch.inference_mode():
         prompt = prompt.to(model.device)
         return model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
                               max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                               pad_token_id=pad_id)
-
-
-def peak_rss_mb() -> float:
-    """High-water mark of this process's resident memory, in MB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024 / (1024 if sys.platform == "darwin" else 1)
-
-
-def size_on_disk_mb(path: str | Path | None) -> float | None:
-    """Size of the weight files in a model directory, in MB."""
-    if path is None:
-        return None
-    files = [p for p in Path(path).rglob("*") if p.suffix in (".safetensors", ".bin", ".gguf", ".pt")]
-    return round(sum(p.stat().st_size for p in files) / 1e6, 2)
 
 
 def benchmark_speed(
@@ -75,7 +62,7 @@ def benchmark_speed(
     bandwidth_gbs: float | None = None,
 ) -> dict[str, Any]:
     """Measure the figures listed in the module docstring; returns a flat dict."""
-    import torch
+    import torch  # lazy: start-up cost (module docstring)
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     prefill = _prompt(tokenizer, 1, prefill_len).to(model.device)

@@ -57,6 +57,7 @@ def converted_dir(gguf_path: Path, name: str | None = None) -> Path:
 
 def convert_gguf(gguf_path: Path, target: Path, name: str | None = None) -> Path:
     """De-quantize a GGUF with transformers and save it as an fp32 safetensors HF directory."""
+    # lazy: lmopt.models is imported at CLI start-up; transformers' model classes take seconds
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, fname = str(gguf_path.parent), gguf_path.name

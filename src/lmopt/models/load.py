@@ -7,6 +7,9 @@ A reference is, in order of precedence:
 2. a `.gguf` file (converted once to a cached safetensors dir),
 3. a local directory (a plain HF model, or an lmopt artifact whose card names a custom format),
 4. a Hugging Face Hub id (downloaded by transformers; fails with a clear message offline).
+
+torch and transformers are imported inside the functions that use them: `lmopt.models` is imported
+at CLI start-up (`lmopt --help` must not wait for them), and they take one to several seconds.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lmopt.errors import LmoptError
+from lmopt.hardware import default_dtype
 from lmopt.models.card import ModelCard, content_hash
 from lmopt.models.gguf import EMBEDDED_ALIAS, converted_dir, embedded_gguf_path
 
@@ -91,11 +95,9 @@ def resolve(ref: str | Path) -> Path | str:
 
 def resolve_dtype(dtype: str | Any | None) -> Any:
     """'auto' (or None) -> the hardware's best dtype; 'float32'/'bfloat16'/'float16' -> torch dtype."""
-    import torch
+    import torch  # lazy: start-up cost (module docstring)
 
     if dtype is None or dtype == "auto":
-        from lmopt.hardware import default_dtype
-
         return default_dtype()
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -108,7 +110,7 @@ def resolve_dtype(dtype: str | Any | None) -> Any:
 
 def load_model(ref: str | Path, dtype: str | Any = "auto", device: str | None = None) -> LoadedModel:
     """Load a causal LM and its tokenizer from any reference (see the module docstring)."""
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # lazy: start-up cost (module docstring)
 
     hf_logging.disable_progress_bar()  # our own progress bars, and one-line errors on stderr
     torch_dtype = resolve_dtype(dtype)
@@ -131,7 +133,7 @@ def load_model(ref: str | Path, dtype: str | Any = "auto", device: str | None = 
 
 
 def _from_pretrained(source: str, torch_dtype: Any, label: str) -> Any:
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # lazy: start-up cost (module docstring)
 
     try:
         return AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
@@ -140,7 +142,7 @@ def _from_pretrained(source: str, torch_dtype: Any, label: str) -> Any:
 
 
 def _tokenizer(source: str, label: str) -> Any:
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: start-up cost (module docstring)
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)

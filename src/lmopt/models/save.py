@@ -1,38 +1,18 @@
 """Save a model as a standard HF directory (safetensors) plus `lmopt.json`, atomically.
 
-The directory is written under a temporary name next to the target and renamed at the end, so a
-crash never leaves a half-written artifact where a finished one is expected.
+The directory is written under a temporary name next to the target and renamed at the end
+(`lmopt.io.atomic_directory`), so a crash never leaves a half-written artifact where a finished one
+is expected.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lmopt.io import atomic_directory
 from lmopt.models.card import ModelCard
-
-
-def atomic_directory(target: Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp_dir)`, then move `tmp_dir` to `target` (replacing an existing one)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        write(tmp)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{tmp.name[-8:]}")
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
 
 
 def save_model(

@@ -3,12 +3,16 @@
 `tiny_llama()` returns a `LoadedModel` with a real byte-level BPE tokenizer (trained in well under a
 second on a slice of Python's docs) and a ChatML chat template like SmolLM2's, so every code path
 that a real model takes (tokenizing, chat templates, saving, loading) runs in milliseconds.
+
+torch, tokenizers and transformers are imported inside the functions: `lmopt.models` (which exports
+these) is imported at CLI start-up, and they take one to several seconds.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from pydoc_data.topics import topics
 from typing import Any
 
 from lmopt.models.card import ModelCard
@@ -26,8 +30,7 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 @lru_cache(maxsize=4)
 def tiny_tokenizer(vocab_size: int = 512) -> Any:
     """A byte-level BPE tokenizer with `vocab_size` entries, trained on Python's docs."""
-    from pydoc_data.topics import topics
-
+    # lazy: start-up cost (module docstring)
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -58,6 +61,7 @@ def tiny_llama(
     max_position_embeddings: int = 2048,
 ) -> LoadedModel:
     """A random LlamaForCausalLM (grouped-query attention, tied embeddings like SmolLM2)."""
+    # lazy: start-up cost (module docstring)
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
