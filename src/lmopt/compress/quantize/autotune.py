@@ -140,18 +140,23 @@ def _explain(timings: dict[str, Any], kernel: str | None, denses: list[str], cac
     return text
 
 
-def _time_call(fn: Callable[[], Any], give_up: float) -> float:
-    """Seconds per call of fn: best of a few repetitions, each long enough for the timer; a first
-    timed call slower than `give_up` (it cannot win) is returned as is."""
-    fn()  # warm-up: oneDNN primitive creation, first-touch allocations
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     start = time.perf_counter()
-    fn()
-    first = time.perf_counter() - start
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def _time_call(fn: Callable[[], Any], give_up: float) -> float:
+    """Seconds per call of fn, the best of a few repetitions, each long enough for the timer. A first
+    call slower than `give_up` (it cannot win) or than 50 ms (two calls tell enough) ends it early."""
+    first = _timed(fn)[1]  # includes warm-up (oneDNN primitive creation, first-touch allocation)
     if first > give_up:
         return first
-    calls = max(1, math.ceil(2e-3 / max(first, 1e-7)))
-    best = first
-    for _ in range(3 if first < 0.05 else 1):
+    second = _timed(fn)[1]
+    if first > 0.05:
+        return min(first, second)
+    calls, best = max(1, math.ceil(2e-3 / max(second, 1e-7))), second
+    for _ in range(3):
         start = time.perf_counter()
         for _ in range(calls):
             fn()
@@ -161,22 +166,27 @@ def _time_call(fn: Callable[[], Any], give_up: float) -> float:
 
 def measure(layer: Any, kernel: str | None, rows: tuple[int, ...] = ROWS) -> dict[str, Any]:
     """Time `layer.run_path` for its kernel (if any) and each dense dtype at each row count, and
-    de-quantizing the weight into each dense dtype. Returns {"rows": [...], "paths": {path: [s per
-    row count]}, "dequant": {dtype: s}}."""
+    de-quantizing the weight into each dense dtype (one call). Returns {"rows": [...], "paths":
+    {path: [seconds per row count]}, "dequant": {dtype: seconds}}.
+
+    At each row count the previous one's winner goes first, so a candidate far slower than it can
+    be given up after one call (at least 5 ms: shorter calls are cheap to time properly)."""
     out: dict[str, Any] = {"rows": list(rows), "paths": {}, "dequant": {}}
-    candidates = [*([kernel] if kernel else []), *DENSE]
+    order = [*([kernel] if kernel else []), *DENSE]
     with torch.inference_mode():
-        weights = {name: layer.dequantize(dtype) for name, dtype in DENSE.items()}
+        weights = {}
         for name, dtype in DENSE.items():
-            out["dequant"][name] = _time_call(lambda dtype=dtype: layer.dequantize(dtype), math.inf)
+            weights[name], out["dequant"][name] = _timed(lambda dtype=dtype: layer.dequantize(dtype))
         for n in rows:
             best = math.inf
-            for path in candidates:
-                x_dtype = torch.float32 if path in ("fp32", "w8a8") else torch.bfloat16
-                x = torch.randn(n, layer.in_features, dtype=x_dtype)
-                seconds = _time_call(lambda p=path, x=x: layer.run_path(p, x, weights.get(p)), 3 * best)
+            for path in order:
+                x = torch.randn(n, layer.in_features, dtype=torch.float32 if path in ("fp32", "w8a8")
+                                else torch.bfloat16)
+                seconds = _time_call(lambda p=path, x=x: layer.run_path(p, x, weights.get(p)),
+                                     max(3 * best, 5e-3))
                 out["paths"].setdefault(path, []).append(seconds)
                 best = min(best, seconds)
+            order.sort(key=lambda p: out["paths"][p][-1])
     return out
 
 
