@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lmopt.hardware import apply_threads
 from lmopt.io import write_json
 from lmopt.monitor import (
     Registry,
@@ -190,6 +191,7 @@ def check_cmd(
 ) -> None:
     """Regression gate: measure CANDIDATE and the baseline on a suite; exit 0 pass, 1 regression, 2 bad input."""
     console = Console(stderr=True)
+    apply_threads()
     report = check(candidate, baseline, suite, registry=_open(registry), data_dir=data_dir,
                    log=lambda message: console.print(f"[dim]{message}[/]"))
     Console().print(gate_table(report))

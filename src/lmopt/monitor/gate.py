@@ -22,7 +22,6 @@ from lmopt.data.text import load_text
 from lmopt.errors import LmoptError
 from lmopt.evaluate.paired import decode_tokens_per_s, item_scores, peak_memory_mb, window_nlls
 from lmopt.evaluate.perplexity import tokenize_windows
-from lmopt.hardware import apply_threads
 from lmopt.models import LoadedModel, load_model
 from lmopt.models.load import resolve
 from lmopt.monitor.bootstrap import mean_difference, paired_bootstrap, ratio_of_means
@@ -164,7 +163,6 @@ def check(candidate: str | Path, baseline: str | Path, suite: Suite | str | Path
     registry = Registry(registry) if isinstance(registry, str) else registry
     data = Path(data_dir) if data_dir else None
     started = time.time()
-    apply_threads()
     base_where, cand_where = _where(baseline, registry), _where(candidate, registry)
     base, base_info = _open(baseline, base_where, suite.dtype)
     if cand_where == base_where:  # a model against itself: load it once

@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import yaml
 from pydantic import Field, model_validator
 
 from lmopt.configs import Config, read_yaml_map
@@ -124,10 +125,26 @@ def check_suite(suite: Suite) -> None:
                              "task; list it under tasks")
 
 
+def read_suite_map(path: Path) -> dict:
+    """The suite file's map; a YAML syntax error is one line naming the file, line and column."""
+    try:
+        return read_yaml_map(path)
+    except LmoptError:
+        if not path.is_file():
+            raise
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+            raise LmoptError(f"{where}: invalid YAML: {exc.problem or exc.context}") from None
+        raise
+
+
 def load_suite(path: str | Path | None = None) -> Suite:
     """Read and validate a suite file (None or "quick": the bundled quick suite)."""
     path = QUICK_SUITE if path is None or str(path) == "quick" else Path(path).expanduser()
-    suite = Suite.parse(read_yaml_map(path), where=str(path))
+    suite = Suite.parse(read_suite_map(path), where=str(path))
     base = path.parent
 
     def local(name: str, prefix: str = "") -> str:
