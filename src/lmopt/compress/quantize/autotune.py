@@ -8,10 +8,11 @@ A `QuantLinear` (runtime.py) can compute y = x W^T several ways ("paths"):
 - `dequant`: de-quantize into the activation dtype on every call (the reference, explicit only).
 Which is fastest depends on the CPU (AMX, AVX512-BF16, VNNI or none of them), the layer's shape and
 the number of rows: the low-bit kernels read 2-4x fewer bytes and tend to win at decode, the dense
-GEMM at prompt chunks, and on some CPUs the dense path wins everywhere. So a layer prepared with
+GEMM at prompt chunks, and on some CPUs the dense path may win everywhere. So a layer prepared with
 backend `auto` is timed once per distinct layout and shape at ROWS rows (decode at batch 1, 8, 32
 and a 512-token prompt chunk), and `decide` keeps the fastest per row range. A dense path is always
-a candidate, so with a dense copy allowed a quantized layer is never slower than the dense layer.
+a candidate, so with a dense copy allowed a quantized layer is never slower than the dense layer
+(beyond MARGIN, which breaks near-ties towards the kernel).
 
 Timings (not decisions, so that `cache_dense` can change without measuring again) are cached as
 JSON in `$LMOPT_HOME/kernels/<cpu model>-torch-<version>.json`, keyed by layout, shape and thread

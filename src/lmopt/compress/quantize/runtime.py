@@ -3,7 +3,7 @@
 Stored state (what is saved): `qweight` packed codes (N, packed_width) uint8, `scales` (N, G)
 float16 and `zeros` (N, G) uint8, optional `bias`. De-quantized weight = (q - zero) * scale per group.
 
-Backends, chosen once by `prepare(backend)` (forward never re-decides):
+Backends (how the codes are laid out for a kernel), chosen once by `prepare(backend)`:
 - `int4`: torch's own CPU int4 kernel `_weight_int4pack_mm_for_cpu` (bf16 activations; weights of
   <= 4 bits). Its grid is (q - 8) * s + z with float z, so our (q - zero) * s becomes
   z = (8 - zero) * s exactly; a short last group (576 = 4 x 128 + 64) runs as kernel groups of 64
@@ -14,12 +14,13 @@ Backends, chosen once by `prepare(backend)` (forward never re-decides):
   on the fly (per tensor), int8 x int8 GEMM, fp32 in and out.
 - `dequant`: de-quantize into the activation dtype on each call and use F.linear; works on any
   device and dtype (the reference the fast paths are tested against).
-Which of these runs for a given input is the layer's `plan` (autotune.py): with backend `auto`, on a
-CPU, each path is timed once per layout and shape at 1/8/32/512 rows, and the fastest is kept per
-row range; the low-bit kernel competes with a dense bf16 or fp32 weight (kept in memory when
-`cache_dense` is set, faster and larger; else de-quantized per call). An explicit backend runs the
-fixed plan: the int4/int8 kernel up to `dense_rows` rows (they are fast for a few rows, slow for
-many) and a dense bf16 weight above.
+Which path runs for an input of a given number of rows is the layer's `plan`, also decided once in
+`prepare` (forward only looks it up; see autotune.py). With backend `auto`, on a CPU, each path is
+timed once per layout and shape at 1/8/32/512 rows and the fastest is kept per row range: the
+low-bit kernel competes with a dense bf16 or fp32 weight (kept in memory when `cache_dense` is set,
+faster and larger; else de-quantized per call). An explicit backend runs the fixed plan: the
+int4/int8 kernel up to `dense_rows` rows (they are fast for a few rows, slow for many) and a dense
+bf16 weight above.
 
 What serving uses (so it needs no private fields): `stack` (one layer for q/k/v or gate/up),
 `keep_dense_copy`, `dense_weight`, `is_fast`, `plan`.
@@ -58,6 +59,7 @@ class QuantLinear(torch.nn.Module):
         self.register_buffer("scales", torch.zeros(out_features, n_groups, dtype=torch.float16))
         self.register_buffer("zeros", torch.zeros(out_features, n_groups, dtype=torch.uint8))
         self.bias = torch.nn.Parameter(torch.zeros(out_features)) if bias else None
+        # backend: the layout built; requested: what prepare was asked for ("auto" = measured plan)
         self.backend, self.requested, self.cache_dense = "dequant", "dequant", False
         self._dense_rows = 32
         self._kernel: dict[str, Any] = {}
