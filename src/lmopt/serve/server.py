@@ -1,5 +1,9 @@
 """Running the server: `serve()` for the CLI, `BackgroundServer` for tests and benchmarks, vLLM launch.
 
+Traffic recording: pass a `TrafficSink` (the CLI passes `lmopt.monitor.traffic.TrafficStore`) and a
+sampling rate; the app records the sampled requests there, takes feedback, and closes the sink when
+it shuts down.
+
 uvicorn's graceful shutdown (Ctrl-C / SIGTERM) stops accepting connections, waits for in-flight
 HTTP requests (up to `drain_timeout_s`), then the app's lifespan stops the engine.
 """
@@ -17,21 +21,31 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lmopt.database import masked
 from lmopt.errors import LmoptError
 from lmopt.serve.config import EngineConfig, ServerConfig
+from lmopt.serve.telemetry import Telemetry, TrafficSink
 
 
 def build_app(model: str, engine_config: EngineConfig, server_config: ServerConfig,
-              dtype: str = "auto") -> Any:
-    """Load the model, start the engine thread, return the FastAPI app."""
+              dtype: str = "auto", traffic: TrafficSink | None = None, sample_rate: float = 1.0) -> Any:
+    """Load the model, start the engine thread, return the FastAPI app.
+
+    `traffic`: where sampled requests and feedback are recorded (None: nothing is, and /v1/feedback
+    answers 501); `sample_rate`: the share of requests recorded, 0..1.
+    """
+    if not 0.0 <= sample_rate <= 1.0:
+        raise LmoptError(f"sample rate must be between 0 and 1 (a share of requests), got {sample_rate}")
     from lmopt.models import load_model
     from lmopt.serve.api import create_app
     from lmopt.serve.async_engine import AsyncEngine
     from lmopt.serve.engine import Engine
 
     loaded = load_model(model, dtype=dtype)
+    telemetry = Telemetry(traffic, sample_rate, model_hash=loaded.hash if traffic is not None else None)
     engine = AsyncEngine(Engine(loaded, engine_config))
-    return create_app(engine, server_config, model_name=server_config.model_name or str(model))
+    return create_app(engine, server_config, model_name=server_config.model_name or str(model),
+                      telemetry=telemetry)
 
 
 def _uvicorn_server(app: Any, config: ServerConfig) -> Any:
@@ -42,11 +56,14 @@ def _uvicorn_server(app: Any, config: ServerConfig) -> Any:
 
 
 def serve(model: str, engine_config: EngineConfig, server_config: ServerConfig, dtype: str = "auto",
-          log: Any = print) -> None:
-    """Serve `model` until interrupted (blocking)."""
-    app = build_app(model, engine_config, server_config, dtype)
+          log: Any = print, traffic: TrafficSink | None = None, sample_rate: float = 1.0) -> None:
+    """Serve `model` until interrupted (blocking); see `build_app` for `traffic` and `sample_rate`."""
+    app = build_app(model, engine_config, server_config, dtype, traffic, sample_rate)
     log(f"lmopt serving {model} on http://{server_config.host}:{server_config.port}/v1 "
         f"(max batch {engine_config.max_batch}{', API key required' if server_config.api_key else ''})")
+    if traffic is not None:
+        where = getattr(traffic, "url", None)
+        log(f"recording {100 * sample_rate:g}% of requests" + (f" to {masked(where)}" if where else ""))
     _uvicorn_server(app, server_config).run()
 
 
