@@ -147,7 +147,7 @@ def test_default_plan_when_off_small_or_explicit(isolated_cache, monkeypatch):
     layer.prepare("auto")
     assert layer.plan.tiers == ((32, "int4"), (at.MAX_ROWS, "bf16")) and "not worth" in layer.plan.why
     layer.dense_rows = 2  # the fixed plan follows dense_rows
-    assert layer.plan.path(3) == "int4"  # auto keeps its own plan
+    assert layer.plan.path(2) == "int4" and layer.plan.path(3) == "bf16" and "not worth" in layer.plan.why
     layer.prepare("int4")
     layer.dense_rows = 2
     assert layer.plan.tiers == ((2, "int4"), (at.MAX_ROWS, "bf16")) and layer.plan.source == "explicit"
@@ -155,6 +155,12 @@ def test_default_plan_when_off_small_or_explicit(isolated_cache, monkeypatch):
     big = _layer(4, 64, out=128, k=512)
     big.prepare("auto")
     assert big.plan.source == "default" and not (isolated_cache / "kernels").exists()
+    monkeypatch.setattr(at, "measure", lambda layer, kernel, rows=at.ROWS: _timings(
+        {kernel: [1.0, 1.0, 1.0, 1.0], "bf16": [2.0, 2.0, 2.0, 2.0]}))
+    monkeypatch.delenv("LMOPT_AUTOTUNE")
+    big.prepare("auto")
+    big.dense_rows = 2  # a measured plan is not overridden
+    assert big.plan.source == "measured" and big.plan.tiers == ((at.MAX_ROWS, "int4"),)
 
 
 def test_stack_shares_the_plan_and_the_dense_copy():

@@ -98,14 +98,15 @@ class QuantLinear(torch.nn.Module):
 
     @property
     def dense_rows(self) -> int:
-        """Most rows the fixed plan (explicit backend) runs on the kernel."""
+        """Most rows the fixed plan (explicit backend, or `auto` where nothing was measured) runs on
+        the kernel; setting it re-plans such a layer (a measured plan stays)."""
         return self._dense_rows
 
     @dense_rows.setter
     def dense_rows(self, rows: int) -> None:
         self._dense_rows = rows
-        if self.requested != "auto":
-            self._use_plan(default_plan(self.backend, rows, "explicit"))
+        if self.plan.source in ("default", "explicit"):
+            self._use_plan(replace(default_plan(self.backend, rows), source=self.plan.source, why=self.plan.why))
 
     def prepare(self, backend: str = "auto", dense_rows: int = 32, cache_dense: bool = False) -> str:
         """Build the chosen backend's kernel tensors (from the stored codes) and the plan of which path
