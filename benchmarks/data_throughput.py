@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,7 @@ def one_run(corpus: Path, docs: int, workers: int, data_dir: str) -> dict:
     from lmopt.data.clean import clean
     from lmopt.data.config import CleanConfig
     from lmopt.data.load import open_records
+    from lmopt.hardware import peak_child_rss_mb, peak_rss_mb
 
     cfg = CleanConfig(workers=workers, pii={"enabled": True}, decontaminate=TASKS)
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,8 +62,7 @@ def one_run(corpus: Path, docs: int, workers: int, data_dir: str) -> dict:
         rows = islice(open_records(corpus), docs)
         result = clean(rows, cfg, output=Path(tmp) / "out.jsonl", data_dir=data_dir)
         seconds = time.perf_counter() - started
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    own, kids = peak_rss_mb(), peak_child_rss_mb()
     return {"docs": docs, "workers": workers, "seconds": round(seconds, 1),
             "docs_per_s": round(docs / seconds, 1), "kept": result.report.rows_out,
             "removed": result.report.removed, "peak_rss_main_mb": round(own),

@@ -25,8 +25,8 @@ import torch
 from lmopt.compress.prune import StructuredConfig, prune, save_pruned
 from lmopt.data.text import load_text, pydoc_text
 from lmopt.evaluate import benchmark_speed, perplexity
-from lmopt.evaluate.speed import size_on_disk_mb
 from lmopt.hardware import apply_threads
+from lmopt.io import size_on_disk_mb
 from lmopt.models import LoadedModel, load_model
 
 TARGETS = {  # 25% and 40% of all parameters (the tied 28M-parameter embedding included); the mixes

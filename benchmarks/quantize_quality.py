@@ -36,13 +36,13 @@ def main() -> None:
 
     import torch
 
-    from lmopt.compress.calibration import CalibrationConfig
+    from lmopt.compress.config import CalibrationConfig
     from lmopt.compress.quantize import quantize, save_quantized
     from lmopt.compress.quantize.config import METHOD_CONFIGS
     from lmopt.data import wikitext2_text
     from lmopt.evaluate.perplexity import perplexity
-    from lmopt.evaluate.speed import peak_rss_mb, size_on_disk_mb
-    from lmopt.hardware import apply_threads
+    from lmopt.hardware import apply_threads, peak_rss_mb
+    from lmopt.io import size_on_disk_mb
     from lmopt.models import load_model
 
     apply_threads()

@@ -20,11 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmopt.data.clean import as_records
 from lmopt.data.config import AugmentConfig
 from lmopt.data.filters import STOP_WORDS
 from lmopt.data.load import INSTRUCTION_FIELDS, Record
 from lmopt.data.normalize import canonical_words, ngrams
 from lmopt.data.write import JsonlWriter
+from lmopt.errors import LmoptError
+from lmopt.models import load_model
+from lmopt.progress import progress_bar
 
 _TOKENS = re.compile(r"[^\S\n]*(\S+|\n)")
 
@@ -90,9 +94,7 @@ def jaccard(a: set[str], b: set[str]) -> float:
 
 def model_paraphraser(ref: str, cfg: AugmentConfig) -> Callable[[str, int], list[str]]:
     """`paraphrase(text, n) -> n sampled paraphrases` by a model lmopt loads."""
-    import torch
-
-    from lmopt.models import load_model
+    import torch  # lazy: only model paraphrasing needs torch (~1 s); the rule-based kinds run without
 
     loaded = load_model(ref, dtype="float32")
     model, tok = loaded.model.eval(), loaded.tokenizer
@@ -172,10 +174,6 @@ def augment_record(rec: Record, cfg: AugmentConfig, rng: random.Random, paraphra
 def augment(data: str | Path | Iterable[Any], config: AugmentConfig | None = None, *,
             output: str | Path | None = None, model: str | None = None) -> AugmentResult:
     """Augment `data` (a path or an iterable of records/dicts/strings); see the module docstring."""
-    from lmopt.data.clean import as_records
-    from lmopt.errors import LmoptError
-    from lmopt.progress import progress_bar
-
     cfg = config or AugmentConfig()
     ref = model or cfg.model
     if "paraphrase" in cfg.methods and not ref:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from lmopt.data.normalize import canonical_words, ngram_hashes, word_hashes
+from lmopt.models import load_model
 
 
 def exact_key(text: str) -> bytes:
@@ -30,7 +31,7 @@ def exact_key(text: str) -> bytes:
 
 @lru_cache(maxsize=4)
 def _permutations(num_perm: int, seed: int) -> Any:
-    from datasketch import MinHash
+    from datasketch import MinHash  # lazy: ~0.4 s; data.stats imports this module at CLI start-up
 
     template = MinHash(num_perm=num_perm, seed=seed)
     return template.permutations, template.scheme
@@ -48,7 +49,7 @@ def shingle_hashes(text: str, ngram: int = 3, words: np.ndarray | None = None) -
 def minhash_signature(text: str, ngram: int = 3, num_perm: int = 128, seed: int = 1,
                       words: np.ndarray | None = None) -> np.ndarray:
     """(num_perm,) uint32 datasketch MinHash signature of the word-`ngram` shingle set of `text`."""
-    from datasketch import MinHash
+    from datasketch import MinHash  # lazy: ~0.4 s; data.stats imports this module at CLI start-up
 
     perms, scheme = _permutations(num_perm, seed)
     mh = MinHash(num_perm=num_perm, seed=seed, hashfunc=int, permutations=perms, scheme=scheme)
@@ -155,9 +156,7 @@ class SemanticDeduper:
 
 def model_embedder(ref: str, batch_size: int = 8, max_tokens: int = 256) -> Callable[[list[str]], np.ndarray]:
     """`embed(texts) -> (n, hidden)`: mean-pooled last hidden states of a model lmopt loads."""
-    import torch
-
-    from lmopt.models import load_model
+    import torch  # lazy: only semantic dedup needs torch (~1 s); cleaning runs without it
 
     loaded = load_model(ref, dtype="float32")
     model, tok = loaded.model.eval(), loaded.tokenizer

@@ -15,6 +15,7 @@ import numpy as np
 
 from lmopt.data.config import QualityConfig
 from lmopt.data.normalize import ngram_hashes, word_hashes
+from lmopt.errors import missing_dependency
 
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 BULLETS = ("•", "●", "○", "▪", "‣", "⁃", "◦", "-", "*", "–")
@@ -154,11 +155,9 @@ def _gopher_repetition(text: str, words: list[str]) -> str | None:
 
 @lru_cache(maxsize=1)
 def _language_identifier() -> Any:
-    try:
+    try:  # lazy: treated as optional (a clear error when missing), needed by the language filter only
         from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
     except ImportError:
-        from lmopt.errors import missing_dependency
-
         raise missing_dependency("py3langid") from None
     return LanguageIdentifier.from_model_file(MODEL_DIR / MODEL_FILE, norm_probs=True)
 

@@ -29,12 +29,13 @@ import gzip
 import io
 import json
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmopt.errors import LmoptError
+from lmopt.errors import LmoptError, missing_dependency
 
 DEFAULT_TEXT_FIELDS = ("text", "content", "document", "abstract", "body", "passage")
 INSTRUCTION_FIELDS = ("instruction", "input", "output")
@@ -255,7 +256,7 @@ class RecordStream:
                 yield start, dict(zip(header, values, strict=True))
 
     def _parquet(self) -> Iterator[tuple[int, Any]]:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # lazy: ~0.2 s, and this module is imported at CLI start-up
 
         try:
             pf = pq.ParquetFile(self.path)
@@ -273,11 +274,9 @@ class RecordStream:
 
 def _hf_rows(spec: str) -> Iterator[dict]:
     """`hf:NAME[:CONFIG][@SPLIT]` (streamed from the hub, or its local cache) or a `save_to_disk` dir."""
-    try:
+    try:  # lazy: ~1 s to import, needed for hub and saved HF datasets only
         import datasets
     except ImportError:
-        from lmopt.errors import missing_dependency
-
         raise missing_dependency("datasets") from None
     if not spec.startswith("hf:"):
         try:
@@ -322,6 +321,4 @@ def read_records(path: str | Path, *, text_field: str | list[str] | None = None,
             bad.counts[reason] = bad.counts.get(reason, 0) + n
             bad.lines.setdefault(reason, []).extend(stream.bad.lines[reason])
     elif stream.bad.total:
-        import warnings
-
         warnings.warn(f"skipped bad rows:\n{stream.bad.summary()}", stacklevel=2)

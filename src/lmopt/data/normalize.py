@@ -13,6 +13,7 @@ import re
 import unicodedata
 
 import numpy as np
+import xxhash
 
 # Zero-width and formatting characters that carry no text (ZWSP, ZWNJ, ZWJ, word joiner, BOM, soft hyphen).
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
@@ -67,8 +68,6 @@ _MULTIPLIERS = _splitmix64(MAX_NGRAM)  # one per position in the n-gram: "a b" a
 
 def word_hashes(words: list[str]) -> np.ndarray:
     """(len(words),) uint64 xxh64 of each word: the same in every process."""
-    import xxhash  # a dependency of `datasets`
-
     return np.fromiter((xxhash.xxh64_intdigest(word.encode()) for word in words), dtype=np.uint64,
                        count=len(words))
 

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from itertools import islice
-from typing import Any, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -58,11 +58,3 @@ def map_chunks(fn: Callable[[list[T]], R], items: Iterable[T], chunk_size: int, 
         while pending:
             yield pending.popleft().result()
 
-
-def peak_rss_mb() -> dict[str, Any]:
-    """Peak resident memory of this process and of its largest finished child, in MB (Linux ru_maxrss)."""
-    import resource
-
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"main_mb": round(own, 1), "largest_worker_mb": round(child, 1)}

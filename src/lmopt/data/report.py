@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
-from lmopt.io import atomic_write_text, write_json
+from lmopt.io import atomic_path, atomic_write_text, write_json
 
 # Filters in the order `clean` applies them; a reason "quality:gopher_word_count" belongs to "quality".
 STAGES = ("empty", "quality", "decontaminate", "exact_duplicate", "near_duplicate", "semantic_duplicate")
@@ -105,11 +107,7 @@ class CleanReport:
 
     def plot(self, path: str | Path) -> Path:
         """Before/after histograms of the length in words (log x axis), as a PNG."""
-        import matplotlib
-
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         edges = np.concatenate([[0.5], BINS, [BINS[-1] * 1.33]])
         fig, ax = plt.subplots(figsize=(7, 3.5))
         ax.stairs(self.hist_before, edges, label=f"before ({self.rows_in})", fill=True, alpha=0.4)
@@ -122,13 +120,10 @@ class CleanReport:
         ax.set_ylabel("rows")
         ax.legend()
         fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        fig.savefig(tmp, dpi=100, format="png")
+        with atomic_path(path) as tmp:  # a reader never sees half a PNG
+            fig.savefig(tmp, dpi=100, format="png")
         plt.close(fig)
-        tmp.replace(path)  # atomic: a reader never sees half a PNG
-        return path
+        return Path(path)
 
     def write(self, directory: str | Path) -> Path:
         directory = Path(directory)

@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from pydoc_data.topics import topics
 
+from lmopt.data.load import open_records
 from lmopt.errors import LmoptError
 from lmopt.settings import default_data_dir
 
@@ -21,8 +23,6 @@ TEXT_SOURCES = ("pydoc", "pydoc-train", "wikitext2")
 
 def pydoc_text(split: str = "eval") -> str:
     """Python's docs: `eval` = the held-out last 20%, `train` = the first 80%."""
-    from pydoc_data.topics import topics
-
     text = "\n\n".join(topics[key].strip() for key in sorted(topics))
     cut = int(len(text) * (1 - PYDOC_EVAL_FRACTION))
     cut = text.find("\n\n", cut) + 2  # split on a topic boundary
@@ -41,7 +41,7 @@ def wikitext2_text(data_dir: str | Path | None = None) -> str:
         if path.exists():
             return path.read_text(encoding="utf-8")
     try:
-        from datasets import load_dataset
+        from datasets import load_dataset  # lazy: ~1 s to import, needed only without local files
 
         rows = load_dataset("wikitext", "wikitext-2-raw-v1", split="test")
         return "".join(rows["text"])
@@ -70,8 +70,6 @@ def file_text(path: str | Path, field: str = "text") -> str:
 
 
 def _jsonl_text(path: Path, field: str) -> str:
-    from lmopt.data.load import open_records
-
     stream = open_records(path, format="jsonl")
     parts = []
     for line, row in stream.iter_rows():

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from lmopt.data.load import Record
+from lmopt.io import atomic_open
 
 
 class JsonlWriter:
@@ -20,9 +20,8 @@ class JsonlWriter:
         self.count = 0
 
     def __enter__(self) -> JsonlWriter:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        self._fh = os.fdopen(fd, "w", encoding="utf-8")
+        self._stack = ExitStack()
+        self._fh = self._stack.enter_context(atomic_open(self.path))
         return self
 
     def write(self, row: dict[str, Any]) -> None:
@@ -30,11 +29,7 @@ class JsonlWriter:
         self.count += 1
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self._fh.close()
-        if exc_type is None:
-            os.replace(self._tmp, self.path)
-        else:
-            Path(self._tmp).unlink(missing_ok=True)
+        self._stack.__exit__(exc_type, exc, tb)  # replaces the target, or removes the temp file
 
 
 def record_row(rec: Record) -> dict[str, Any]:
