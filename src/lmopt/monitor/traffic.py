@@ -106,10 +106,16 @@ class TrafficStore:
 
     def close(self, timeout: float = 30.0) -> None:
         """Write what is queued and stop the writer; the store can still be read."""
-        if not self._closed:
-            self._closed = True
-            self._queue.put(_STOP)
-            self._writer.join(timeout)
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:  # the database has hung for the whole timeout: leave the daemon writer to it
+            log.warning("traffic store: the writer is stuck; %d queued records not written",
+                        self._queue.qsize())
+            return
+        self._writer.join(timeout)
 
     # ---- the writer thread ----
     def _drain(self) -> None:

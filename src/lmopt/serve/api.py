@@ -269,6 +269,14 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        if err.get("type") == "json_invalid":  # loc is ("body", character offset): not a parameter
+            reason = (err.get("ctx") or {}).get("error", "JSON decode error")
+            where = err["loc"][-1] if len(err.get("loc", ())) > 1 else "?"
+            body = APIError(400, f"the request body is not valid JSON ({reason} at character {where})").body()
+            return JSONResponse(body, status_code=400)
+        if tuple(err.get("loc", ())) == ("body",) and err.get("type") == "missing":
+            return JSONResponse(APIError(400, "the request body is empty; send a JSON object").body(),
+                                status_code=400)
         loc = [str(p) for p in err.get("loc", ()) if p != "body"]
         msg = "unknown field" if err.get("type") == "extra_forbidden" else err.get("msg", "invalid")
         param = ".".join(loc) or None
