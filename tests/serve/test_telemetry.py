@@ -149,7 +149,7 @@ def test_drift_gauges_appear_once_a_checker_sets_them(tiny) -> None:
     with _server(tiny, telemetry) as srv:
         assert not any(name.startswith("lmopt_drift") for name, _ in _metrics(srv))
         srv.server.config.app.state.telemetry.metrics.set_drift("prompt_length_js", 0.12, alert=True)
-        telemetry.metrics.set_drift('output "len"\n', 3)
+        telemetry.set_drift('output "len"\n', 3)
         metrics = _metrics(srv)
     assert metrics[("lmopt_drift", (("metric", "prompt_length_js"),))] == 0.12
     assert metrics[("lmopt_drift_alert", (("metric", "prompt_length_js"),))] == 1

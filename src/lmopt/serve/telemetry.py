@@ -130,6 +130,10 @@ class Telemetry:
             self.metrics.on_feedback(feedback.rating, feedback.correction is not None)
         return known
 
+    def set_drift(self, metric: str, value: float, alert: bool | None = None) -> None:
+        """Publish a drift figure on /metrics (`lmopt_drift{metric=...}`, `lmopt_drift_alert`)."""
+        self.metrics.set_drift(metric, value, alert)
+
     def render(self) -> str:
         failed = self.sink.failed_writes() if self.sink is not None else None
         return self.metrics.render(traffic=self.sink is not None, failed_writes=failed)
