@@ -13,6 +13,8 @@ trainable model, loop wiring, result), `students.py` (students cut from a teache
 
 from __future__ import annotations
 
+import importlib
+import sys
 from typing import Any
 
 from lmopt.train.config import DistillConfig, DistillStepConfig, TrainConfig
@@ -35,12 +37,9 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:  # heavy modules load on first use, keeping `import lmopt` instant
+def __getattr__(name: str) -> Any:  # lazy: torch-heavy modules load on first use (configs import this)
     if name not in _LAZY:
         raise AttributeError(name)
-    import importlib
-    import sys
-
     importlib.import_module(_LAZY[name])
     # importing lmopt.train.finetune binds the *module* to the package attribute `finetune` (same for
     # distill): every verb whose module is loaded now gets its function bound instead.

@@ -22,7 +22,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import load_file, save_file
+
 from lmopt.errors import LmoptError
+from lmopt.io import atomic_path, move_into_place
 
 STATE_FILE = "loop_state.json"
 BEST_FILE = "best.safetensors"
@@ -85,8 +88,7 @@ def save_checkpoint(accelerator: Any, run_dir: Path, state: LoopState, keep: int
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        move_into_place(tmp, final)  # every process wrote its part into tmp, so no atomic_directory
         for old in checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -110,15 +112,10 @@ def load_checkpoint(accelerator: Any, run_dir: Path, fingerprint: str) -> LoopSt
 
 def save_best(run_dir: Path, weights: dict[str, Any]) -> None:
     """Write the best trainable weights atomically."""
-    from safetensors.torch import save_file
-
-    tmp = run_dir / f".{BEST_FILE}.tmp"
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp))
-    tmp.replace(run_dir / BEST_FILE)
+    with atomic_path(run_dir / BEST_FILE) as tmp:
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp))
 
 
 def load_best(run_dir: Path) -> dict[str, Any] | None:
-    from safetensors.torch import load_file
-
     path = run_dir / BEST_FILE
     return load_file(str(path)) if path.exists() else None

@@ -18,10 +18,13 @@ rejects (invalid JSON, not UTF-8) are all named in it, with their lines.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lmopt.data.load import open_records
+from lmopt.data.text import file_text, load_text
 from lmopt.errors import LmoptError
 
 Message = dict[str, str]
@@ -31,8 +34,6 @@ NAMED_SOURCES = ("pydoc-train", "pydoc", "wikitext2")
 
 def read_records(source: str | Path | Sequence[Any], format: str = "auto") -> tuple[str, list[Any]]:
     """Read `source` and return (kind, records) with kind "text" or "chat" (see the module docstring)."""
-    from lmopt.data.text import file_text, load_text
-
     if isinstance(source, str) and source in NAMED_SOURCES and not Path(source).exists():
         rows, where = _documents(load_text(source)), source
     elif isinstance(source, (str, Path)):
@@ -63,8 +64,6 @@ def _documents(text: str) -> list[str]:
 
 def _json_rows(path: Path) -> list[Any]:
     """Every row of a `.jsonl` / `.json` file; any bad row fails the read, naming all of them."""
-    from lmopt.data.load import open_records
-
     stream = open_records(path, format=path.suffix[1:])
     rows = []
     for line, row in stream.iter_rows():
@@ -152,8 +151,6 @@ def _check_messages(messages: Any, where: str) -> list[Message]:
 
 def split_records(records: list[Any], val_fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
     """A fixed random held-out split (by `seed`); at least one record each side when there are two."""
-    import random
-
     n_val = round(len(records) * val_fraction)
     if val_fraction > 0 and len(records) >= 2:
         n_val = min(max(n_val, 1), len(records) - 1)

@@ -12,12 +12,18 @@ Validation loss is the student's plain cross-entropy, so "best" means best held-
 from __future__ import annotations
 
 import functools
+import tempfile
 from pathlib import Path
 from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
 
 from lmopt.errors import LmoptError
 from lmopt.train.callbacks import Callback
 from lmopt.train.config import DistillConfig
+from lmopt.train.loop import training_device
+from lmopt.train.losses import hidden_mse, kd_loss, kd_loss_topk, masked_ce
 from lmopt.train.setup import (
     TrainResult,
     collate_batch,
@@ -58,8 +64,6 @@ def layer_map(student: Any, n_teacher: int) -> list[int]:
 
 def attach_projection(student: Any, teacher: Any) -> None:
     """One Linear(d_student, d_teacher) per student layer (identity-initialized when widths match)."""
-    import torch
-
     d_s, d_t = student.config.hidden_size, teacher.config.hidden_size
     projections = torch.nn.ModuleList()
     for _ in range(student.config.num_hidden_layers):
@@ -74,9 +78,6 @@ def teacher_topk(
     teacher: Any, examples: list[dict], k: int, pad_id: int, path: Path, batch_size: int = 4
 ) -> dict[str, Any]:
     """Run the teacher once over `examples`; save and return top-k logits (n, len, k) and ids."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
     if path.exists():
         return load_file(str(path))
     width = max(len(ex["input_ids"]) for ex in examples)
@@ -110,10 +111,6 @@ def distill_loss(
     cache: dict[str, Any] | None,
 ) -> Any:
     """alpha * CE + (1 - alpha) * T^2 * divergence (+ hidden_weight * MSE), see the module docstring."""
-    import torch
-
-    from lmopt.train.losses import hidden_mse, kd_loss, kd_loss_topk, masked_ce
-
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     out = student(input_ids=ids, attention_mask=mask, output_hidden_states=layers is not None)
     loss = config.alpha * masked_ce(out.logits, labels, config.label_smoothing)
@@ -157,10 +154,6 @@ def distill(
     holds the student with its best weights by held-out cross-entropy. Callbacks, `val_data` and
     `run_dir` work as in `finetune`. With `teacher_topk` the cache lives in `run_dir` (or a temp dir).
     """
-    import tempfile
-
-    from lmopt.train.loop import training_device
-
     config = config or DistillConfig()
     check_vocab(teacher, student)
     if config.teacher_topk and config.hidden_weight > 0:

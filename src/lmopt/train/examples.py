@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from lmopt.errors import LmoptError
 
 IGNORE = -100
@@ -95,8 +97,6 @@ def build_examples(
 
 def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, Any]:
     """Right-pad a list of examples into (batch, max_len) tensors: input_ids, attention_mask, labels."""
-    import torch
-
     width = max(len(ex["input_ids"]) for ex in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)

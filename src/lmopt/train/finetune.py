@@ -17,6 +17,7 @@ from typing import Any
 
 from lmopt.train.callbacks import Callback
 from lmopt.train.config import TrainConfig
+from lmopt.train.losses import masked_ce
 from lmopt.train.setup import (
     PreparedData,
     TrainResult,
@@ -45,8 +46,6 @@ __all__ = [
 
 def lm_loss(model: Any, batch: dict[str, Any], label_smoothing: float = 0.0) -> Any:
     """The fine-tuning loss: masked next-token cross-entropy (label-smoothed if asked)."""
-    from lmopt.train.losses import masked_ce
-
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     return masked_ce(logits, batch["labels"], label_smoothing)
 

@@ -25,6 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from accelerate import Accelerator, PartialState
+
+from lmopt.hardware import peak_rss_mb
+from lmopt.progress import progress_bar
 from lmopt.train.callbacks import Callbacks
 from lmopt.train.checkpoint import (
     LoopState,
@@ -55,15 +60,10 @@ def training_device() -> Any:
     `cpu=True` without a GPU is what lets accelerate see a `torchrun`/`accelerate launch` of several
     CPU processes (DDP over gloo); a single process is unaffected.
     """
-    import torch
-    from accelerate import PartialState
-
     return PartialState(cpu=not torch.cuda.is_available()).device
 
 
 def autocast(config: Any, device: Any) -> Any:
-    import torch
-
     if config.mixed_precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -73,8 +73,6 @@ def epoch_loader(
     accelerator: Any, examples: list[Any], config: Any, epoch: int, collate: Callable, shuffle: bool = True
 ) -> Any:
     """A prepared DataLoader whose order depends only on (seed, epoch), not on the global RNG."""
-    import torch
-
     gen = torch.Generator().manual_seed(config.seed * 1000 + epoch)
     order = torch.randperm(len(examples), generator=gen).tolist() if shuffle else range(len(examples))
     items = [(i, examples[i]) for i in order]
@@ -86,8 +84,6 @@ def epoch_loader(
 
 def evaluate_loss(accelerator: Any, model: Any, loader: Any, config: Any, max_batches: int | None) -> dict:
     """Token-weighted mean next-token cross-entropy over `loader` (all processes together)."""
-    import torch
-
     model.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
     with torch.no_grad():
@@ -117,12 +113,8 @@ def total_steps(config: Any, n_batches: int) -> int:
 
 
 def peak_memory_mb(device: Any) -> float:
-    import torch
-
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    from lmopt.evaluate.speed import peak_rss_mb
-
     return peak_rss_mb()
 
 
@@ -142,9 +134,6 @@ class _Run:
         run_dir: Path | None,
         label: str,
     ) -> None:
-        import torch
-        from accelerate import Accelerator
-
         torch.manual_seed(config.seed)
         # step_scheduler_with_optimizer=False: our schedule counts optimizer steps of the sharded loader;
         # accelerate would otherwise step it num_processes times per step (ending it early under DDP).
@@ -169,8 +158,6 @@ class _Run:
 
     # --- the loop ---------------------------------------------------------------------------------
     def run(self) -> LoopState:
-        from lmopt.progress import progress_bar
-
         self.model.train()
         self._wall_mark = time.perf_counter()
         if self.state.step >= self.total:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from lmopt.errors import LmoptError
 
 
 def target_modules(model: Any, wanted: list[str]) -> list[str]:
     """The requested suffixes that match at least one Linear of `model` (error if none does)."""
-    import torch
-
     names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     found = [w for w in wanted if w in names]
     if not found:
@@ -28,7 +28,7 @@ def target_modules(model: Any, wanted: list[str]) -> list[str]:
 
 def apply_lora(model: Any, r: int, alpha: float, dropout: float, targets: list[str]) -> Any:
     """Return `model` wrapped by peft with adapters on `targets`; only adapters are trainable."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # lazy: peft takes ~4 s to import; full fine-tuning never needs it
 
     config = LoraConfig(
         r=r,

@@ -16,6 +16,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+
 IGNORE = -100
 
 
@@ -26,8 +29,6 @@ def shift(logits: Any, labels: Any) -> tuple[Any, Any]:
 
 def masked_ce(logits: Any, labels: Any, label_smoothing: float = 0.0) -> Any:
     """Mean next-token cross-entropy over labelled positions (0 when there are none)."""
-    import torch.nn.functional as F
-
     pred, target = shift(logits, labels)
     if not bool((target != IGNORE).any()):
         return pred.sum() * 0.0  # keeps the graph so backward() still works
@@ -41,8 +42,6 @@ def masked_ce(logits: Any, labels: Any, label_smoothing: float = 0.0) -> Any:
 
 def ce_sum(logits: Any, labels: Any) -> tuple[float, int]:
     """Summed next-token NLL and number of labelled positions (for token-weighted validation loss)."""
-    import torch.nn.functional as F
-
     pred, target = shift(logits, labels)
     total = F.cross_entropy(
         pred.float().reshape(-1, pred.shape[-1]), target.reshape(-1), ignore_index=IGNORE, reduction="sum"
@@ -52,8 +51,6 @@ def ce_sum(logits: Any, labels: Any) -> tuple[float, int]:
 
 def divergence(teacher_logp: Any, student_logp: Any, kind: str, beta: float = 0.5) -> Any:
     """Per-position divergence (..., ) between log-distributions over the last dim (see docstring)."""
-    import torch
-
     p_t, p_s = teacher_logp.exp(), student_logp.exp()
     if kind == "forward_kl":
         return (p_t * (teacher_logp - student_logp)).sum(-1)
@@ -79,8 +76,6 @@ def kd_loss(
     beta: float = 0.5,
 ) -> Any:
     """Mean divergence over labelled positions at temperature T, scaled by T^2 (full vocabulary)."""
-    import torch
-
     s, target = shift(student_logits, labels)
     t, _ = shift(teacher_logits, labels)
     mask = target != IGNORE  # (batch, seq-1)
@@ -103,8 +98,6 @@ def kd_loss_topk(
     Both distributions are restricted to the teacher's k tokens and renormalized there; with k equal to
     the vocabulary size this is exactly `kd_loss`.
     """
-    import torch
-
     s, target = shift(student_logits, labels)
     mask = target != IGNORE
     values, indices = topk_values[:, :-1][mask], topk_indices[:, :-1][mask]  # (n, k)

@@ -7,14 +7,15 @@ rare). So `param_groups` puts those in a group with decay 0, as GPT-2/nanoGPT an
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
+
+import torch
 
 
 def no_decay_names(model: Any) -> set[str]:
     """Names of the trainable parameters that get no weight decay: norms, biases and embeddings."""
-    import torch
-
     skip_ids = set()
     for module in model.modules():
         is_norm = "norm" in type(module).__name__.lower()
@@ -47,8 +48,6 @@ def param_groups(model: Any, weight_decay: float, extra: list[Any] | None = None
 
 
 def make_optimizer(model: Any, config: Any, extra: list[Any] | None = None) -> Any:
-    import torch
-
     groups = [g for g in param_groups(model, config.weight_decay, extra) if g["params"]]
     return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.adam_betas))
 
@@ -66,10 +65,6 @@ def lr_lambda(step: int, total: int, warmup: int, kind: str) -> float:
 
 
 def make_scheduler(optimizer: Any, config: Any, total_steps: int) -> Any:
-    import functools
-
-    import torch
-
     warmup = config.warmup_steps or int(config.warmup_ratio * total_steps)
     fn = functools.partial(lr_lambda, total=total_steps, warmup=warmup, kind=config.scheduler)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
@@ -93,8 +88,6 @@ def apply_dropout(model: Any, p: float) -> int:
     Covers `nn.Dropout` modules (GPT-2/BERT style) and the float `attention_dropout` attribute that
     Llama-family attention modules read in forward (they have no hidden dropout).
     """
-    import torch
-
     changed = 0
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):

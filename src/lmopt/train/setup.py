@@ -17,14 +17,19 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
 
 from lmopt.errors import LmoptError
+from lmopt.models import LoadedModel
 from lmopt.train.callbacks import Callback, Callbacks
 from lmopt.train.config import TrainConfig
-
-if TYPE_CHECKING:  # annotations only: the loop module is imported when a run starts
-    from lmopt.train.loop import LoopOutcome
+from lmopt.train.data import read_records, split_records
+from lmopt.train.examples import build_examples, collate
+from lmopt.train.loop import LoopOutcome, train_loop
+from lmopt.train.lora import apply_lora, merge_lora
+from lmopt.train.optim import apply_dropout
 
 
 @dataclass
@@ -55,9 +60,6 @@ class PreparedData:
 
 def prepare_data(data: Any, tokenizer: Any, config: TrainConfig, val_data: Any = None) -> PreparedData:
     """Read, split (documents / conversations, by seed) and tokenize the training data."""
-    from lmopt.train.data import read_records, split_records
-    from lmopt.train.examples import build_examples
-
     kind, records = read_records(data, config.format)
     if val_data is not None:
         train_records, (_, val_records) = records, read_records(val_data, kind)
@@ -85,14 +87,9 @@ def prepare_data(data: Any, tokenizer: Any, config: TrainConfig, val_data: Any =
 
 def prepare_model(model: Any, config: TrainConfig) -> Any:
     """Dropout settings, then LoRA adapters (their own dropout) or every weight trainable."""
-    from lmopt.train.lora import apply_lora
-    from lmopt.train.optim import apply_dropout
-
     if config.dropout is not None:
         apply_dropout(model, config.dropout)
     if config.method == "lora":
-        import torch
-
         # LoRA's A matrices are drawn here, before the loop seeds anything: seed them from the config so
         # the same config gives the same run whatever ran before in this process.
         torch.manual_seed(config.seed)
@@ -109,10 +106,6 @@ def pad_token_id(tokenizer: Any) -> int:
 
 def collate_batch(items: list[tuple[int, dict]], pad_id: int) -> dict[str, Any]:
     """Collate (index, example) pairs: padded tensors plus the example indices (for teacher caches)."""
-    import torch
-
-    from lmopt.train.examples import collate
-
     batch = collate([ex for _, ex in items], pad_id)
     batch["index"] = torch.tensor([i for i, _ in items], dtype=torch.long)
     return batch
@@ -131,8 +124,6 @@ def run_loop(
 ) -> LoopOutcome:
     """Train `model` on `prepared` with `loss_fn` in the shared loop; returns the loop's outcome, whose
     model holds the best weights when `config.load_best` is on and a validation ran."""
-    from lmopt.train.loop import train_loop
-
     outcome = train_loop(
         model,
         prepared.train,
@@ -156,8 +147,6 @@ def merge_adapters(model: Any, config: TrainConfig) -> tuple[Any, Any]:
         return None, model
     if not config.merge_lora:
         return model, model
-    from lmopt.train.lora import merge_lora
-
     return None, merge_lora(model)
 
 
@@ -174,8 +163,6 @@ def finish(
 ) -> TrainResult:
     """The `TrainResult` of a run that trained `base` (a `LoadedModel`) into `model`: its card names
     the step (`label`), the parent and the config, and adds the run's figures under `label`."""
-    from lmopt.models import LoadedModel
-
     metrics = {**summary(outcome, prepared, config), **(extra_metrics or {})}
     card = base.card.model_copy(
         update={

@@ -14,7 +14,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import torch
+
 from lmopt.errors import LmoptError
+from lmopt.models import LoadedModel
 
 
 def uniform_layers(n_total: int, n_keep: int) -> list[int]:
@@ -41,8 +44,6 @@ def decoder_layers(model: Any) -> Any:
 
 def block_influence(model: Any, batches: list[Any]) -> list[float]:
     """BI per decoder layer, averaged over the (unpadded) tokens of `batches` of input ids (batch, seq)."""
-    import torch
-
     n_layers = len(decoder_layers(model))
     sums, count = torch.zeros(n_layers, dtype=torch.float64), 0
     with torch.no_grad():
@@ -68,8 +69,6 @@ def influence_layers(model: Any, n_keep: int, batches: list[Any]) -> list[int]:
 
 def keep_layers(model: Any, layers: list[int]) -> Any:
     """A deep copy of `model` with only decoder `layers` (teacher indices, ascending)."""
-    import torch
-
     student = copy.deepcopy(model)
     old = decoder_layers(student)
     kept = torch.nn.ModuleList([old[i] for i in layers])
@@ -96,8 +95,6 @@ def student_from_teacher(
     teacher: Any, n_layers: int, selection: str = "uniform", batches: list[Any] | None = None
 ) -> Any:
     """A `LoadedModel` student with `n_layers` of the teacher's layers (see the module docstring)."""
-    from lmopt.models import LoadedModel
-
     n_total = len(decoder_layers(teacher.model))
     if selection == "uniform":
         layers = uniform_layers(n_total, n_layers)
