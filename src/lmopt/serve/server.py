@@ -23,6 +23,8 @@ from typing import Any
 
 from lmopt.database import masked
 from lmopt.errors import LmoptError
+from lmopt.models import ModelCard, load_model
+from lmopt.models.load import resolve
 from lmopt.serve.config import EngineConfig, ServerConfig
 from lmopt.serve.telemetry import Telemetry, TrafficSink
 
@@ -36,7 +38,7 @@ def build_app(model: str, engine_config: EngineConfig, server_config: ServerConf
     """
     if not 0.0 <= sample_rate <= 1.0:
         raise LmoptError(f"sample rate must be between 0 and 1 (a share of requests), got {sample_rate}")
-    from lmopt.models import load_model
+    # lazy: these load torch; vllm_command/serve_vllm (a vLLM subprocess) need none of it
     from lmopt.serve.api import create_app
     from lmopt.serve.async_engine import AsyncEngine
     from lmopt.serve.engine import Engine
@@ -124,15 +126,11 @@ def serve_vllm(model: str, engine_config: EngineConfig, server_config: ServerCon
     if importlib.util.find_spec("vllm") is None:
         raise LmoptError("--engine vllm needs vLLM installed (pip install vllm; it brings its own torch, "
                          "so use a separate environment); see docs/serve.md")
-    from lmopt.models.load import resolve
-
     where = resolve(model)
-    if isinstance(where, Path) and (where / "lmopt.json").exists():
-        from lmopt.models.card import ModelCard
-
-        if ModelCard.read(where).format != "hf":
-            raise LmoptError(f"{where}: vLLM loads plain HF checkpoints; this model is in lmopt's "
-                             f"'{ModelCard.read(where).format}' format (export it to HF first)")
+    card = ModelCard.read(where) if isinstance(where, Path) and (where / "lmopt.json").exists() else None
+    if card is not None and card.format != "hf":
+        raise LmoptError(f"{where}: vLLM loads plain HF checkpoints; this model is in lmopt's "
+                         f"'{card.format}' format (export it to HF first)")
     cmd = vllm_command(where, engine_config, server_config, dtype)
     if shutil.which(cmd[0]) is None and not os.path.exists(cmd[0]):
         raise LmoptError(f"cannot run {cmd[0]}")
