@@ -22,7 +22,13 @@ from typing import Any
 from lmopt.compress.quantize.apply import prepare_runtime, quant_layers
 from lmopt.errors import LmoptError
 from lmopt.export.config import ExportConfig
+from lmopt.export.gguf_check import gguf_metadata, gguf_parity
+from lmopt.export.gguf_export import check_architecture, write_gguf
+from lmopt.export.gguf_tensors import auto_type, head_type
+from lmopt.export.gguf_vocab import inherited_pre_tokenizer, recognize_pre_tokenizer
+from lmopt.export.onnx_export import export_onnx
 from lmopt.export.parity import parity_text
+from lmopt.export.vllm_export import export_vllm
 from lmopt.io import write_json
 from lmopt.models import LoadedModel, ModelCard, load_model
 
@@ -59,6 +65,8 @@ def export(model: str | Path | LoadedModel, config: ExportConfig | None = None,
     if quant_layers(loaded.model):
         prepare_runtime(loaded.model, "dequant")  # the exact reference: what lmopt's codes compute
     name = config.name or loaded.card.name or Path(str(loaded.ref)).name
+    if config.format == "gguf" and config.type == "auto":  # name the file after the type it gets
+        config = config.model_copy(update={"type": auto_type(loaded.model)})
     path = output_path(config, name, base_dir)
     text = parity_text(config.parity, base_dir) if config.parity.enabled else ""
     writer = _writer(config.format)
@@ -93,23 +101,10 @@ def output_path(config: ExportConfig, name: str, base_dir: Path | None = None) -
 
 
 def _writer(fmt: str) -> Any:
-    if fmt == "gguf":
-        return _gguf
-    if fmt == "onnx":
-        from lmopt.export.onnx_export import export_onnx
-
-        return export_onnx
-    from lmopt.export.vllm_export import export_vllm
-
-    return export_vllm
+    return {"gguf": _gguf, "onnx": export_onnx, "vllm": export_vllm}[fmt]
 
 
 def _gguf(loaded: LoadedModel, path: Path, config: ExportConfig, name: str, text: str) -> tuple[dict, dict]:
-    from lmopt.export.gguf_check import gguf_metadata, gguf_parity
-    from lmopt.export.gguf_export import check_architecture, write_gguf
-    from lmopt.export.gguf_tensors import auto_type, head_type
-    from lmopt.export.gguf_vocab import inherited_pre_tokenizer, recognize_pre_tokenizer
-
     check_architecture(loaded.model)
     main = auto_type(loaded.model) if config.type == "auto" else config.type
     pre = (config.pre_tokenizer or inherited_pre_tokenizer(loaded.card)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from lmopt.compress.quantize.apply import quant_layers
+from lmopt.compress.quantize.storage import dequantized_copy
 from lmopt.errors import LmoptError, missing_dependency
 from lmopt.export.config import ExportConfig
 from lmopt.export.parity import PROMPTS, compare, judge, parity_windows, torch_logits
@@ -69,8 +70,6 @@ def kv_shape(config: Any) -> tuple[int, int]:
 
 def float_model(loaded: LoadedModel) -> tuple[Any, list[str]]:
     """A float32 copy to export (de-quantized when lmopt quantized it)."""
-    from lmopt.compress.quantize.storage import dequantized_copy  # lazy: only quantized models need it
-
     model, notes = loaded.model, []
     if quant_layers(model):
         model = dequantized_copy(copy.deepcopy(model))

@@ -1,13 +1,13 @@
 """The parity check every export runs: the exported model, read back by an independent reader, against
 the source model on a fixed text.
 
-Both models score the same token windows (the source tokenizer's ids of the text, cut into windows
-of `seq_len` tokens, each scored from a fresh context). Reported: each model's perplexity, the
-relative change, the share of positions where both predict the same next token (top-1 agreement),
-the largest logit difference, and whether the reader's tokenizer gives the same ids. Goals by weight
-type (issue 16): f32/f16/bf16 and code-for-code exports within 0.1% perplexity and >= 99.5% top-1
-agreement; q8_0 within 0.5%; a float model re-quantized to 4 bits has no goal (reported only).
-"""
+Both models score the same token windows: the source tokenizer's ids of the text, cut into windows
+of `seq_len` tokens (the last one possibly shorter), each scored from a fresh context. Reported: each
+model's perplexity, the relative change, the share of positions where both predict the same next
+token (top-1 agreement), the largest logit difference, and whether the reader's tokenizer gives the
+same ids. Goals by weight type (issue 16): f32/f16/bf16 and code-for-code exports within 0.1%
+perplexity and >= 99.5% top-1 agreement; q8_0 within 0.5%; a float model re-quantized to 4 bits has
+no goal (reported only)."""
 
 from __future__ import annotations
 
@@ -72,17 +72,16 @@ def parity_text(config: ParityConfig, base_dir: Path | None = None) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def parity_windows(tokenizer: Any, text: str, config: ParityConfig) -> torch.Tensor:
-    """(n_windows, seq_len) ids: the text's first `max_tokens` tokens in whole windows."""
+def parity_windows(tokenizer: Any, text: str, config: ParityConfig) -> list[torch.Tensor]:
+    """The text's first `max_tokens` token ids in windows of `seq_len` (the last may be shorter)."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"][: config.max_tokens]
     if len(ids) < 8:
         raise LmoptError("parity: the text has fewer than 8 tokens")
-    seq = min(config.seq_len, len(ids))
-    n = len(ids) // seq
-    return torch.tensor(ids[: n * seq], dtype=torch.long).view(n, seq)
+    windows = [torch.tensor(ids[i:i + config.seq_len], dtype=torch.long) for i in range(0, len(ids), config.seq_len)]
+    return windows if len(windows) == 1 or len(windows[-1]) >= 8 else windows[:-1]
 
 
-def compare(source: Logits, exported: Logits, windows: torch.Tensor) -> dict[str, Any]:
+def compare(source: Logits, exported: Logits, windows: list[torch.Tensor]) -> dict[str, Any]:
     """Perplexities, top-1 agreement and max logit difference of two models on the same windows."""
     nll_src = nll_exp = 0.0
     agree = count = 0
