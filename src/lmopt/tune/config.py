@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from lmopt.configs import Config
+from lmopt.settings import lmopt_home
 
 # Metrics where larger is better; every other objective is minimized unless `directions` says otherwise.
 MAXIMIZED = ("acc", "accuracy", "f1", "exact_match", "em", "score")
@@ -114,8 +115,6 @@ class TuneJob(Config):
     def output_dir(self) -> Path:
         if self.tune.output:
             return Path(self.tune.output).expanduser().resolve()
-        from lmopt.settings import lmopt_home
-
         return lmopt_home() / "tune" / self.study_name()
 
     def storage_url(self) -> str:

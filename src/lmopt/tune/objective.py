@@ -21,7 +21,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import optuna
+
 from lmopt.errors import LmoptError
+from lmopt.evaluate import run_task
+from lmopt.io import atomic_directory
 from lmopt.tune.config import TuneJob
 from lmopt.tune.space import SearchSpace, apply_params
 from lmopt.tune.targets import Outcome, get_target
@@ -60,8 +64,6 @@ def objective_value(name: str, metrics: dict[str, float], outcome: Outcome, job:
                          f"(it has: {', '.join(sorted(metrics))}; or use TASK:METRIC)")
     if outcome.loaded is None:
         raise LmoptError(f"objective '{name}': the {job.target} step gives no model to evaluate")
-    from lmopt.evaluate import run_task
-
     task, metric = name.rsplit(":", 1)
     result = run_task(outcome.loaded, task, limit=job.tune.eval_limit, data_dir=job.data_dir)
     if metric not in result:
@@ -94,8 +96,6 @@ def keep_if_best(output: Path, outcome: Outcome, record: dict[str, Any], directi
     value = record["value"]
     if outcome.save is None or not math.isfinite(value):
         return False
-    from lmopt.models.save import atomic_directory
-
     with file_lock(output / ".best.lock"):
         current = best_record(output)
         if current is not None and not _better(value, current["value"], direction):
@@ -110,11 +110,9 @@ def _better(new: float, old: float, direction: str) -> bool:
 
 def make_objective(job: TuneJob, worker: int = 0) -> Callable[[Any], float | list[float]]:
     """The function `study.optimize` calls once per trial."""
-    import optuna
-
     space = SearchSpace.from_dict(job.space)
     target = get_target(job.target)
-    config_cls = target.config_cls()
+    config_cls = target.config_cls
     directions = job.tune.resolved_directions()
     prune = job.tune.pruner != "none" and not job.tune.multi_objective
     output = job.output_dir()

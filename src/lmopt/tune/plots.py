@@ -11,34 +11,32 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
+from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
+from optuna.trial import TrialState
+from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
+
+from lmopt.io import atomic_path
+
 
 def _save(ax: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
     fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure  # one axes, or a grid of them
     fig.set_size_inches(8, 5)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:  # a reader never sees half an image
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    tmp.replace(path)  # atomic: a reader never sees half an image
     return path
 
 
 def _finished(study: Any) -> int:
-    from optuna.trial import TrialState
-
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
 def save_plots(study: Any, output: Path, objectives: list[str]) -> dict[str, str]:
     """Write history.png (one per objective) and importances.png; return {plot name: file name}."""
-    import matplotlib
-
     matplotlib.use("Agg", force=False)
-    from optuna.importance import PedAnovaImportanceEvaluator
-    from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
-
     written: dict[str, str] = {}
     if _finished(study) == 0:
         return written
@@ -63,8 +61,6 @@ def save_plots(study: Any, output: Path, objectives: list[str]) -> dict[str, str
 
 def importances(study: Any, objective_index: int = 0, multi: bool = False) -> dict[str, float]:
     """Parameter importances (PED-ANOVA, normalized to sum 1); {} when they cannot be computed yet."""
-    from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
-
     if _finished(study) < 2:
         return {}
     target = (lambda t: t.values[objective_index]) if multi else None

@@ -13,9 +13,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from optuna.trial import TrialState
+
 from lmopt.io import atomic_write_text, write_json
 from lmopt.tune.config import TuneJob
 from lmopt.tune.objective import BEST_DIR, best_record
+from lmopt.tune.plots import importances, save_plots
 from lmopt.tune.space import apply_params
 
 
@@ -62,8 +65,6 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
 
 
 def _best(study: Any, direction: str) -> Any:
-    from optuna.trial import TrialState
-
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
     if not done:
         return None
@@ -72,8 +73,6 @@ def _best(study: Any, direction: str) -> Any:
 
 
 def summarize(study: Any, job: TuneJob) -> TuneResult:
-    from lmopt.tune.plots import importances
-
     directions = job.tune.resolved_directions()
     rows = trial_rows(study)
     result = TuneResult(job.study_name(), job.storage_url(), job.output_dir(), list(job.tune.objectives),
@@ -100,8 +99,6 @@ def write_outputs(result: TuneResult, study: Any, job: TuneJob) -> TuneResult:
     out = result.output
     out.mkdir(parents=True, exist_ok=True)
     if job.tune.plots:
-        from lmopt.tune.plots import save_plots
-
         result.plots = save_plots(study, out, job.tune.objectives)
     write_json(out / "trials.json", result.trials)
     atomic_write_text(out / "trials.csv", trials_csv(result.trials, job.tune.objectives))

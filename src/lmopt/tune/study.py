@@ -22,13 +22,17 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import optuna
+from optuna.trial import TrialState
+
 from lmopt.errors import LmoptError
 from lmopt.tune.config import TuneConfig, TuneJob
+from lmopt.tune.objective import make_objective
+from lmopt.tune.space import SearchSpace
+from lmopt.tune.targets import get_target
 
 
 def _sampler(cfg: TuneConfig, offset: int) -> Any:
-    import optuna
-
     seed = None if cfg.seed is None else cfg.seed + offset
     if cfg.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
@@ -37,8 +41,6 @@ def _sampler(cfg: TuneConfig, offset: int) -> Any:
 
 
 def _pruner(cfg: TuneConfig) -> Any:
-    import optuna
-
     if cfg.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=cfg.startup_trials,
                                            n_warmup_steps=cfg.warmup_steps)
@@ -49,8 +51,6 @@ def _pruner(cfg: TuneConfig) -> Any:
 
 
 def _storage(job: TuneJob) -> Any:
-    import optuna
-
     url = job.storage_url()
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:"):
@@ -69,8 +69,6 @@ def _storage(job: TuneJob) -> Any:
 
 def open_study(job: TuneJob, worker: int = 0) -> Any:
     """Create the study or join the existing one of the same name in the job's storage."""
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = _storage(job)
     try:
@@ -95,8 +93,6 @@ def requeue(study: Any, trial: Any) -> None:
 
 def used_trials(study: Any) -> int:
     """Trials that count against the budget: started ones, less the failed ones that were queued again."""
-    from optuna.trial import TrialState
-
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
     return sum(1 for t in trials if t.state != TrialState.WAITING
@@ -105,11 +101,6 @@ def used_trials(study: Any) -> int:
 
 def run_worker(job: TuneJob, worker: int = 0, on_trial: Any = None) -> None:
     """Run trials of the study in this process until the budget or the timeout is used up."""
-    import optuna
-    from optuna.trial import TrialState
-
-    from lmopt.tune.objective import make_objective
-
     study = open_study(job, worker)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -117,8 +108,6 @@ def run_worker(job: TuneJob, worker: int = 0, on_trial: Any = None) -> None:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
         requeue(study, trial)
     if job.tune.enqueue_base and not study.get_trials(deepcopy=False):
-        from lmopt.tune.space import SearchSpace
-
         study.enqueue_trial(SearchSpace.from_dict(job.space).values_in(job.base), user_attrs={"base": True})
 
     def budget(study: Any, trial: Any) -> None:
@@ -129,8 +118,6 @@ def run_worker(job: TuneJob, worker: int = 0, on_trial: Any = None) -> None:
 
     if used_trials(study) >= job.tune.n_trials:
         return
-    from lmopt.tune.targets import get_target
-
     study.optimize(make_objective(job, worker), timeout=job.tune.timeout, callbacks=[budget],
                    gc_after_trial=get_target(job.target).collect_garbage)
 

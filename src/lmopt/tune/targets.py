@@ -3,6 +3,10 @@ return the metrics and a way to save the trained model.
 
 To make a new step tunable: write `run(job, config, hook) -> Outcome` below and add it to `TARGETS`.
 The hook is `on_eval(step, metrics) -> bool` (True = stop training: the trial was pruned).
+
+Each target imports its training code when it runs (`# lazy:` below): every trial process imports
+this table, and the training stack (accelerate, transformers models) costs ~2.5 s per process, which
+the toy target's second-long trials should not pay.
 """
 
 from __future__ import annotations
@@ -12,9 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lmopt.configs import Config
 from lmopt.errors import LmoptError
+from lmopt.models import ModelCard, load_model
+from lmopt.step import StepContext
+from lmopt.train.config import DistillConfig, DistillStepConfig, FinetuneStepConfig, TrainConfig
 from lmopt.tune.config import TuneJob
+from lmopt.tune.toy import ToyConfig, save_toy, toy_regression
 
 EvalHook = Callable[[int, dict[str, float]], bool]
 
@@ -35,36 +45,16 @@ class Outcome:
 
 @dataclass
 class Target:
-    config_cls: Callable[[], type[Config]]
+    config_cls: type[Config]
     run: Callable[[TuneJob, Config, EvalHook], Outcome]
     collect_garbage: bool = True
     """Run the garbage collector after each trial (frees a model's memory; costly when trials are tiny)."""
 
 
-def _toy_cls() -> type[Config]:
-    from lmopt.tune.toy import ToyConfig
-
-    return ToyConfig
-
-
 def _toy_run(job: TuneJob, config: Config, hook: EvalHook) -> Outcome:
-    from lmopt.tune.toy import save_toy, toy_regression
-
     model, metrics = toy_regression(config, hook)
     return Outcome(metrics, save=lambda directory, card: save_toy(model, config, directory, card),
                    stopped_by_hook=metrics["steps"] < config.steps)
-
-
-def _finetune_cls() -> type[Config]:
-    from lmopt.train.config import FinetuneStepConfig
-
-    return FinetuneStepConfig
-
-
-def _distill_cls() -> type[Config]:
-    from lmopt.train.config import DistillStepConfig
-
-    return DistillStepConfig
 
 
 def _train_metrics(result: Any, config: Any) -> dict[str, float]:
@@ -78,17 +68,13 @@ def _train_metrics(result: Any, config: Any) -> dict[str, float]:
 
 
 def _save_loaded(loaded: Any, directory: Path, card_fields: dict[str, Any]) -> None:
-    from lmopt.models import ModelCard
-
     loaded.model.save_pretrained(directory, safe_serialization=True)
     loaded.tokenizer.save_pretrained(directory)
     ModelCard(**{**loaded.card.model_dump(), **card_fields}).write(directory)
 
 
-def _context(job: TuneJob) -> Any:
+def _context(job: TuneJob) -> StepContext:
     """The StepContext the tuned step would see in the recipe (paths resolve against the recipe)."""
-    from lmopt.pipeline.steps import StepContext
-
     base_dir = Path(job.base_dir) if job.base_dir else Path.cwd()
     return StepContext(model=job.model, data=Path(job.data) if job.data else None, output=job.output_dir(),
                        data_dir=Path(job.data_dir) if job.data_dir else None, base_dir=base_dir)
@@ -97,8 +83,6 @@ def _context(job: TuneJob) -> Any:
 def _seed(seed: int) -> None:
     """Seed torch before the model is touched: peft draws the LoRA init from the global RNG before
     the training loop seeds it, so without this a trial's result depends on the trials before it."""
-    import torch
-
     torch.manual_seed(seed)
 
 
@@ -110,13 +94,13 @@ def _outcome(result: Any, config: Any) -> Outcome:
 
 def _finetune_run(job: TuneJob, config: Config, hook: EvalHook) -> Outcome:
     """As the `finetune` step, with the hook and without checkpoints (a trial restarts from scratch)."""
-    from lmopt.train.config import TrainConfig
+    # lazy: the training stack (module docstring)
     from lmopt.train.finetune import finetune
     from lmopt.train.step import data_paths
 
     ctx = _context(job)
     data, val = data_paths(ctx, config)
-    loaded = ctx.load_model(dtype="float32")  # master weights in fp32, as the finetune step does
+    loaded = load_model(ctx.require_model(), dtype="float32")  # fp32 master weights, as the step does
     train_config = TrainConfig(**config.model_dump(exclude={"data", "val_data", "save_every"}))
     _seed(train_config.seed)
     return _outcome(finetune(loaded, data, train_config, val_data=val, callbacks=[hook]), train_config)
@@ -124,14 +108,13 @@ def _finetune_run(job: TuneJob, config: Config, hook: EvalHook) -> Outcome:
 
 def _distill_run(job: TuneJob, config: Config, hook: EvalHook) -> Outcome:
     """As the `distill` step (the recipe's model is the teacher), with the hook, without checkpoints."""
-    from lmopt.models import load_model
-    from lmopt.train.config import DistillConfig
+    # lazy: the training stack (module docstring)
     from lmopt.train.distill import distill
     from lmopt.train.step import cut_student, data_paths
 
     ctx = _context(job)
     data, val = data_paths(ctx, config)
-    teacher = ctx.load_model(dtype="float32")
+    teacher = load_model(ctx.require_model(), dtype="float32")
     _seed(config.seed)
     if config.student is not None:
         local = ctx.resolve_path(config.student)
@@ -145,9 +128,9 @@ def _distill_run(job: TuneJob, config: Config, hook: EvalHook) -> Outcome:
 
 
 TARGETS: dict[str, Target] = {
-    "finetune": Target(_finetune_cls, _finetune_run),
-    "distill": Target(_distill_cls, _distill_run),
-    "toy-regression": Target(_toy_cls, _toy_run, collect_garbage=False),
+    "finetune": Target(FinetuneStepConfig, _finetune_run),
+    "distill": Target(DistillStepConfig, _distill_run),
+    "toy-regression": Target(ToyConfig, _toy_run, collect_garbage=False),
 }
 
 

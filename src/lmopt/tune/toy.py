@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import Field
 
 from lmopt.configs import Config
@@ -40,8 +41,6 @@ class ToyConfig(Config):
 
 
 def _data(seed: int) -> tuple[Any, Any, Any, Any]:
-    import torch
-
     gen = torch.Generator().manual_seed(1234 + seed)
     x = torch.rand(512, 1, generator=gen) * 4 - 2  # (512, 1)
     y = torch.sin(3 * x) + 0.1 * torch.randn(x.shape, generator=gen)
@@ -54,8 +53,6 @@ def toy_regression(config: ToyConfig, on_eval: Callable[[int, dict[str, float]],
 
     Returns (model, metrics) with `eval_loss` (last validation MSE), `params` and `steps`.
     """
-    import torch
-
     torch.manual_seed(config.seed)
     x, y, vx, vy = _data(config.seed)
     model = torch.nn.Sequential(torch.nn.Linear(1, config.hidden), torch.nn.Tanh(),
@@ -81,8 +78,6 @@ def toy_regression(config: ToyConfig, on_eval: Callable[[int, dict[str, float]],
 
 def save_toy(model: Any, config: ToyConfig, directory: Path, card: dict[str, Any]) -> None:
     """Write the toy model's weights, config and card into `directory` (which the caller made)."""
-    import torch
-
     torch.save(model.state_dict(), directory / "toy.pt")
     (directory / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     (directory / "lmopt.json").write_text(json.dumps(card, indent=2))

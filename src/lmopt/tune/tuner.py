@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from lmopt.errors import LmoptError
+from lmopt.hardware import apply_threads
+from lmopt.pipeline import Recipe, run_recipe
+from lmopt.progress import progress_bar
+from lmopt.step import get_step
 from lmopt.tune.config import TuneConfig, TuneJob
 from lmopt.tune.results import TuneResult, summarize, write_outputs
 from lmopt.tune.space import SearchSpace
@@ -21,15 +25,13 @@ from lmopt.tune.targets import TARGETS, get_target
 
 def validate_job(job: TuneJob) -> None:
     """Fail before any trial when the base config or a value of the space does not fit the step."""
-    config_cls = get_target(job.target).config_cls()
+    config_cls = get_target(job.target).config_cls
     config_cls.parse(job.base, where=f"{job.target} config")
     SearchSpace.from_dict(job.space).check(config_cls, job.base)
 
 
 def run_job(job: TuneJob, log: Callable[[str], Any] = print) -> TuneResult:
     """Run (or resume) the study of `job` with its workers, then write the outputs and return them."""
-    from lmopt.progress import progress_bar
-
     validate_job(job)
     out = job.output_dir()
     out.mkdir(parents=True, exist_ok=True)
@@ -47,8 +49,6 @@ def run_job(job: TuneJob, log: Callable[[str], Any] = print) -> TuneResult:
                 seen[0] = max(seen[0], now)
 
             if job.tune.workers == 1:
-                from lmopt.hardware import apply_threads
-
                 apply_threads()
                 run_worker(job, 0, on_trial=poll)
             else:
@@ -76,8 +76,6 @@ def _inputs(recipe: Any, base_dir: Path, upto: int, registry: Any, log: Callable
         if model is not None and (base_dir / model).exists():
             model = str((base_dir / model).resolve())
         return model, str(base_dir / recipe.data) if recipe.data else None
-    from lmopt.pipeline import run_recipe
-
     prefix = recipe.model_copy(update={"steps": recipe.steps[:upto], "evaluate": None, "output": None})
     summary = run_recipe(prefix, base_dir, registry=registry, log=log)
     data = next((s["data"] for s in reversed(summary["steps"]) if s["data"]), None)
@@ -92,8 +90,6 @@ def job_from_recipe(recipe: Any, space: SearchSpace, config: TuneConfig, base_di
     base_dir = base_dir or Path.cwd()
     index, name, base = _find_target(recipe, where)
     for i, item in enumerate(recipe.steps[:index]):
-        from lmopt.pipeline import get_step
-
         (step, cfg), = item.items()
         get_step(step).parse(cfg, where=f"{where}: steps.{i}.{step}")
     if index < len(recipe.steps) - 1:
@@ -107,8 +103,6 @@ def job_from_recipe(recipe: Any, space: SearchSpace, config: TuneConfig, base_di
 def tune(recipe: Any, space: SearchSpace | str | Path | dict[str, Any], config: TuneConfig | None = None,
          *, registry: Any = None, log: Callable[[str], Any] = print) -> TuneResult:
     """Tune the training step of `recipe` (a Recipe or a YAML path) over `space` (or its YAML path)."""
-    from lmopt.pipeline import Recipe
-
     where, base_dir = "recipe", Path.cwd()
     if isinstance(recipe, str | Path):
         where, base_dir = str(recipe), Path(recipe).resolve().parent

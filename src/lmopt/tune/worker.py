@@ -9,13 +9,12 @@ from __future__ import annotations
 import sys
 
 from lmopt.errors import LmoptError
+from lmopt.hardware import apply_threads, detect_hardware
+from lmopt.tune.config import TuneJob
+from lmopt.tune.study import run_worker
 
 
 def main(argv: list[str]) -> int:
-    from lmopt.hardware import apply_threads, detect_hardware
-    from lmopt.tune.config import TuneJob
-    from lmopt.tune.study import run_worker
-
     job = TuneJob.from_yaml(argv[0])  # JSON is YAML
     index = int(argv[1]) if len(argv) > 1 else 0
     apply_threads(max(1, detect_hardware().threads // job.tune.workers))
