@@ -16,7 +16,7 @@ from lmopt.errors import LmoptError
 from lmopt.io import write_json
 from lmopt.models.load import resolve
 from lmopt.serve.bench import LoadConfig, run_load
-from lmopt.serve.config import EngineConfig, ServerConfig
+from lmopt.serve.config import EngineConfig, ServerConfig, TelemetryConfig
 
 
 def _param(name: str, default: Any, *decls: str, annotation: Any, help: str,
@@ -30,31 +30,45 @@ def _serve_command() -> Any:
     reserved = {"model", "dtype", "engine", "config", "set"}
     engine_opts = config_options(EngineConfig, {}, reserved)
     server_opts = config_options(ServerConfig, {"name": "model_name"}, reserved | {"model_name"})
+    telemetry_opts = config_options(TelemetryConfig, {}, reserved)
     params = [
         _param("model", ..., annotation=str, help="Alias, .gguf file, HF/lmopt directory or hub id.",
                kind=inspect.Parameter.POSITIONAL_OR_KEYWORD),
         _param("dtype", "auto", "--dtype", annotation=str, help="auto, float32, bfloat16."),
         _param("engine", "lmopt", "--engine", annotation=str, help="lmopt, or vllm (when vLLM is installed)."),
         _param("set", None, "--set", annotation=list[str] | None,
-               help="Any engine.* or server.* field, KEY=VALUE (repeatable)."),
+               help="Any engine.*, server.* or telemetry.* field, KEY=VALUE (repeatable)."),
         *as_parameters(engine_opts, 1, {}), *as_parameters(server_opts, 1, {}),
+        *as_parameters(telemetry_opts, 1, {}),
     ]
 
     def body(values: dict[str, Any]) -> None:
         sets = values.get("set") or []
         picked = {prefix: [s.removeprefix(prefix + ".") for s in sets if s.startswith(prefix + ".")]
-                  for prefix in ("engine", "server")}
+                  for prefix in ("engine", "server", "telemetry")}
         engine_config = EngineConfig.parse(
             config_from_cli(values, engine_opts, None, picked["engine"], EngineConfig), where="lmopt serve")
         server_config = ServerConfig.parse(
             config_from_cli(values, server_opts, None, picked["server"], ServerConfig), where="lmopt serve")
         from lmopt.serve.server import serve, serve_vllm  # lazy: torch; `lmopt --help` stays fast
 
+        telemetry = TelemetryConfig.parse(
+            config_from_cli(values, telemetry_opts, None, picked["telemetry"], TelemetryConfig), where="lmopt serve")
         if values["engine"] == "vllm":
+            if telemetry.traffic:
+                raise LmoptError("--traffic records what lmopt's engine serves; vLLM serves on its own "
+                                 "(drop --traffic)")
             raise typer.Exit(serve_vllm(values["model"], engine_config, server_config, values["dtype"]))
         if values["engine"] != "lmopt":
             raise LmoptError(f"--engine: unknown engine '{values['engine']}' (choose lmopt or vllm)")
-        serve(values["model"], engine_config, server_config, values["dtype"])
+        traffic = None
+        if telemetry.traffic:
+            from lmopt.monitor.traffic import TrafficStore  # lazy: sqlalchemy only when recording
+
+            traffic = TrafficStore(telemetry.traffic_url, scrub_pii=telemetry.scrub_pii,
+                                   max_rows=telemetry.traffic_max_rows, max_days=telemetry.traffic_max_days)
+        serve(values["model"], engine_config, server_config, values["dtype"], traffic=traffic,
+              sample_rate=telemetry.sample_rate)
 
     return build_command("serve", "Serve a model behind an OpenAI-compatible API (continuous batching, "
                          "streaming).", params, body)

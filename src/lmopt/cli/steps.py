@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lmopt.cli.options import FieldOption, as_parameters, build_command, config_from_cli, config_options
+from lmopt.cli.views import kernel_table
 from lmopt.compress.prune.config import PruneStepConfig
 from lmopt.compress.quantize.config import QuantizeStepConfig
 from lmopt.configs import union_members
@@ -69,7 +70,9 @@ def _show_metrics(summary: dict[str, Any], console: Console) -> None:
 
 
 def _show_speed(summary: dict[str, Any], console: Console) -> None:
-    console.print(speed_table(summary["steps"][-1]["metrics"]["speed"]))
+    figures = summary["steps"][-1]["metrics"]
+    console.print(speed_table(figures["speed"]))
+    console.print(kernel_table(figures["kernels"]))
 
 
 def _show_clean(summary: dict[str, Any], console: Console) -> None:

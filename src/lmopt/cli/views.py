@@ -8,7 +8,9 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
+from lmopt.compress.quantize.autotune import kernel_plan
 from lmopt.data.stats import dataset_stats
 from lmopt.hardware import decode_roofline, detect_hardware, measure_bandwidth, weight_bytes_per_token
 from lmopt.io import write_json
@@ -19,6 +21,17 @@ from lmopt.report import hardware_table, runs_table
 
 RegistryOpt = typer.Option(None, "--registry", help="SQLAlchemy URL of the run registry.")
 JsonOpt = typer.Option(None, "--json", help="Write the results to this JSON file.")
+
+
+def kernel_table(plan: list[dict[str, Any]]) -> Table:
+    """Which path each class of linear layer runs at which row counts, and why (`autotune.kernel_plan`)."""
+    table = Table(title="kernels (chosen by measurement on this CPU)")
+    for column in ("layers", "shape", "format", "paths", "why"):
+        table.add_column(column)
+    for entry in plan:
+        table.add_row(f"{entry['layers']} x{entry['count']}", str(entry["shape"]), entry["format"],
+                      str(entry["paths"]), str(entry.get("why", "")))
+    return table
 
 
 def emit(results: dict[str, Any], json_path: Path | None, console: Console) -> None:
@@ -54,9 +67,11 @@ def hw_cmd(model: str | None = typer.Option(None, "--model", help="Also show thi
         loaded = load_model(model)
         roofline = decode_roofline(loaded.model, hw.bandwidth_gbs)
         info["model"] = {"ref": model, "weight_bytes_per_token": weight_bytes_per_token(loaded.model),
-                         "decode_roofline_tokens_per_s": round(roofline, 1)}
+                         "decode_roofline_tokens_per_s": round(roofline, 1), "kernels": kernel_plan(loaded.model)}
     console = Console()
     console.print(hardware_table(info))
+    if model:
+        console.print(kernel_table(info["model"]["kernels"]))
     emit(info, json_out, console)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lmopt.compress.quantize.autotune import kernel_plan
 from lmopt.evaluate import check_task, evaluate
 from lmopt.evaluate.config import BenchConfig, EvaluateConfig
 from lmopt.evaluate.speed import benchmark_speed
@@ -30,7 +31,7 @@ def bench_step(ctx: StepContext, config: BenchConfig) -> StepResult:
                             prompt_len=config.prompt_len, new_tokens=config.new_tokens,
                             batch_sizes=tuple(config.batch_sizes), repeats=config.repeats,
                             path=loaded.path, bandwidth_gbs=bandwidth)
-    return StepResult(metrics={"speed": speed}, model_hash=loaded.hash)
+    return StepResult(metrics={"speed": speed, "kernels": kernel_plan(loaded.model)}, model_hash=loaded.hash)
 
 
 EVALUATE = Step("evaluate", EvaluateConfig, evaluate_step, per_task=True)

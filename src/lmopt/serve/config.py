@@ -66,3 +66,22 @@ class ServerConfig(Config):
     """Output tokens when a request does not say (capped by max_tokens and the context)."""
     drain_timeout_s: float = Field(default=30.0, ge=0)
     """On shutdown, how long in-flight requests may take to finish."""
+
+
+class TelemetryConfig(Config):
+    """What the server records about the requests it serves (`lmopt.monitor.traffic.TrafficStore`)."""
+
+    version: int = 1
+    traffic: bool = False
+    """Record requests (prompt, response, token counts, latencies, model hash) and accept feedback at
+    POST /v1/feedback. Recording never blocks a request: a bounded queue, drops counted in /metrics."""
+    traffic_url: str | None = None
+    """SQLAlchemy URL of the traffic store (default `$LMOPT_TRAFFIC`, else `$LMOPT_HOME/traffic.db`)."""
+    sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    """Share of requests recorded (feedback is accepted for every response id the server returned)."""
+    scrub_pii: bool = True
+    """Replace e-mails, phones, IPs, cards and keys by typed placeholders before storage."""
+    traffic_max_rows: int | None = Field(default=None, ge=1)
+    """Keep at most this many recorded requests (oldest dropped)."""
+    traffic_max_days: float | None = Field(default=None, gt=0)
+    """Drop recorded requests older than this."""
