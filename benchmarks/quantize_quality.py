@@ -68,7 +68,10 @@ def main() -> None:
         row.update(clip=getattr(config, "clip", 0.0), calib=args.calib,
                    rounding=getattr(config, "rounding", None))
         calib = calibration(args, loaded.tokenizer, CalibrationConfig, wikitext2_text)
-        report = quantize(loaded.model, config, calib, loaded.tokenizer)
+        windows = None if isinstance(calib, CalibrationConfig) else calib  # held-out WikiText-2 token ids
+        if windows is None and "calibration" in type(config).model_fields:
+            config = config.model_copy(update={"calibration": calib})
+        report = quantize(loaded.model, config, windows, loaded.tokenizer)
         row.update(quantize_seconds=report["seconds"], peak_rss_mb=round(peak_rss_mb(), 1),
                    rss_model_loaded_mb=round(rss_loaded, 1), lm_head=report["lm_head"],
                    calibration_tokens=report.get("calibration_tokens", 0))
