@@ -70,7 +70,7 @@ def test_dotted_fields_set_nested_values_without_touching_the_base():
     assert out == {"optim": {"lr": 0.1, "weight_decay": 0.01}, "steps": 5, "hidden": 8, "a": {"b": {"c": 1}}}
     assert base == {"optim": {"lr": 0.1}, "steps": 5}
     assert get_dotted(out, "a.b.c") == 1 and get_dotted(out, "a.x") is None
-    with pytest.raises(LmoptError, match="'steps' is not a nested config"):
+    with pytest.raises(LmoptError, match="'steps' is not a group of fields"):
         apply_params(base, {"steps.x": 1})
     space = SearchSpace.from_dict({"optim.lr": {"type": "float", "low": 0.01, "high": 1}, "hidden": [4, 16]})
     assert space.values_in({"optim": {"lr": 0.1}, "hidden": 8}) == {"optim.lr": 0.1}

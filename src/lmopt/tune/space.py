@@ -24,7 +24,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
-from lmopt.configs import Config
+from lmopt.configs import Config, set_path
 from lmopt.errors import LmoptError
 
 
@@ -154,14 +154,8 @@ def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]
     """A deep copy of `base` with each dotted field set (missing levels are created)."""
     out = copy.deepcopy(base)
     for name, value in params.items():
-        node = out
-        *parents, leaf = name.split(".")
-        for key in parents:
-            child = node.get(key)
-            if child is None:
-                child = node[key] = {}
-            elif not isinstance(child, dict):
-                raise LmoptError(f"space: {name}: '{key}' is not a nested config")
-            node = child
-        node[leaf] = value
+        try:
+            set_path(out, name, value)
+        except LmoptError as exc:
+            raise LmoptError(f"space: {exc}") from None
     return out
