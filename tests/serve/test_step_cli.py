@@ -9,7 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from lmopt.cli import app
+from lmopt.cli import app, main
 from lmopt.errors import LmoptError
 from lmopt.pipeline import Recipe, load_recipe_file, run_recipe
 from lmopt.serve.bench import LoadConfig, make_workload, percentile, run_load
@@ -67,13 +67,18 @@ def test_workload_lengths_arrivals_and_percentiles(tiny) -> None:
     assert percentile([1, 2, 3, 4], 50) == 2.5 and percentile([5], 99) == 5 and percentile([], 50) is None
 
 
-def test_serve_cli_errors_are_one_line() -> None:
-    runner = CliRunner()
-    result = runner.invoke(app, ["serve", "tiny-none", "--engine", "vllm"])
-    assert result.exit_code != 0
-    assert "vLLM" in str(result.exception) or "vllm" in result.output
-    result = runner.invoke(app, ["serve", "x", "--max-batch", "0"])
-    assert "max_batch" in str(result.exception)
+@pytest.mark.parametrize("args, message", [
+    (["serve", "tiny-none", "--engine", "vllm"], "--engine vllm needs vLLM installed"),
+    (["serve", "x", "--max-batch", "0"], "lmopt serve: max_batch: Input should be greater than or equal to 1"),
+    (["serve", "x", "--engine", "tgi"], "--engine: unknown engine 'tgi'"),
+    (["serve", "x", "--traffic", "--engine", "vllm"], "--traffic records what lmopt's engine serves"),
+])
+def test_serve_cli_errors_are_one_line_and_exit_2(args, message, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)  # the entry point, which turns LmoptError into one line and exit status 2
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_vllm_command_mirrors_the_lmopt_settings() -> None:
