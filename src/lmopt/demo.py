@@ -12,13 +12,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+from rich.console import Console
+
+from lmopt.evaluate import run_task
+from lmopt.evaluate.speed import benchmark_speed
+from lmopt.hardware import apply_threads, detect_hardware, measure_bandwidth
+from lmopt.io import atomic_write_text, write_json
+from lmopt.models import EMBEDDED_ALIAS, load_model
+from lmopt.report import hardware_table, speed_table
+
 PROMPT = "Write a Python function that returns the squares of a list of numbers."
 
 
 def chat_answer(loaded: Any, prompt: str = PROMPT, max_new_tokens: int = 96) -> str:
     """Greedy answer to one user message through the model's chat template."""
-    import torch
-
     tok = loaded.tokenizer
     ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                   return_tensors="pt", return_dict=True)["input_ids"]
@@ -30,15 +38,6 @@ def chat_answer(loaded: Any, prompt: str = PROMPT, max_new_tokens: int = 96) -> 
 
 
 def run_demo(out_dir: Path = Path("reports")) -> dict[str, Any]:
-    from rich.console import Console
-
-    from lmopt.evaluate import run_task
-    from lmopt.evaluate.speed import benchmark_speed
-    from lmopt.hardware import apply_threads, detect_hardware, measure_bandwidth
-    from lmopt.io import atomic_write_text, write_json
-    from lmopt.models import EMBEDDED_ALIAS, load_model
-    from lmopt.report import hardware_table, speed_table
-
     console = Console()
     started = time.time()
     hw = detect_hardware()

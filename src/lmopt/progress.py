@@ -6,6 +6,10 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from rich.console import Console
+from rich.errors import LiveError
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
 Advance = Callable[..., None]
 
 
@@ -22,17 +26,6 @@ def progress_bar(description: str, total: int | None) -> Iterator[Advance]:
     if os.environ.get("LMOPT_QUIET") == "1":
         yield _noop
         return
-    from rich.console import Console
-    from rich.errors import LiveError
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TimeRemainingColumn(), console=Console(stderr=True))
     try:

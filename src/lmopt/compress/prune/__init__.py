@@ -10,7 +10,11 @@ How to add a method: pure math in `math.py` with a toy-layer test against a refe
 a recipe `lmopt/recipes/prune-*.yaml` with a test that runs it; a row in BENCHMARKS.md (prune section).
 """
 
-from lmopt.compress.prune.api import prune, save_pruned
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from lmopt.compress.prune.config import (
     METHOD_CONFIGS,
     MagnitudeConfig,
@@ -22,3 +26,10 @@ from lmopt.compress.prune.config import (
 
 __all__ = ["METHOD_CONFIGS", "MagnitudeConfig", "PruneStepConfig", "SparseGPTConfig", "StructuredConfig",
            "WandaConfig", "prune", "save_pruned"]
+_API = ("prune", "save_pruned")
+
+
+def __getattr__(name: str) -> Any:  # lazy: the configs are read at CLI start-up; the methods load torch
+    if name not in _API:
+        raise AttributeError(f"module 'lmopt.compress.prune' has no attribute {name!r}")
+    return getattr(importlib.import_module("lmopt.compress.prune.api"), name)

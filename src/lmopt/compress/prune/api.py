@@ -13,15 +13,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lmopt.compress.calibration import CalibrationConfig
+import torch
+
+from lmopt.compress.calibration import calibration_windows
+from lmopt.compress.config import CalibrationConfig
 from lmopt.compress.prune.config import MagnitudeConfig, PruneMethodConfig, StructuredConfig
+from lmopt.compress.prune.structured import prune_structured
+from lmopt.compress.prune.surgery import count_parameters
+from lmopt.compress.prune.unstructured import prune_unstructured
 from lmopt.errors import LmoptError
+from lmopt.models import ModelCard, save_model
 
 
 def _windows(config: PruneMethodConfig, calibration: Any, tokenizer: Any) -> Any:
     """Token windows (n, seq): given directly, or drawn from a CalibrationConfig / the config's own."""
-    import torch
-
     if isinstance(calibration, torch.Tensor):
         if calibration.dim() != 2 or calibration.dtype != torch.long:
             raise LmoptError(f"calibration: expected a (n, seq) LongTensor of token ids, got "
@@ -31,8 +36,6 @@ def _windows(config: PruneMethodConfig, calibration: Any, tokenizer: Any) -> Any
     if tokenizer is None:
         raise LmoptError(f"{config.method}: calibration text needs a tokenizer (pass a LoadedModel, "
                          "tokenizer=..., or token windows as calibration=)")
-    from lmopt.compress.calibration import calibration_windows
-
     return calibration_windows(tokenizer, calib.source, calib.n_samples, calib.seq_len, calib.seed,
                                calib.data_dir)
 
@@ -44,20 +47,14 @@ def prune(model: Any, config: PruneMethodConfig, calibration: Any = None,
     calibration: None (use `config.calibration`), a `CalibrationConfig`, or a (n, seq) LongTensor of
     token ids. Magnitude pruning needs none.
     """
-    from lmopt.compress.prune.surgery import count_parameters
-
     if hasattr(model, "tokenizer") and hasattr(model, "model"):  # a LoadedModel
         tokenizer = tokenizer or model.tokenizer
         model = model.model
     before = count_parameters(model)
     windows = None if isinstance(config, MagnitudeConfig) else _windows(config, calibration, tokenizer)
     if isinstance(config, StructuredConfig):
-        from lmopt.compress.prune.structured import prune_structured
-
         report = prune_structured(model, config, windows)
     else:
-        from lmopt.compress.prune.unstructured import prune_unstructured
-
         report = prune_unstructured(model, config, windows)
     after = count_parameters(model)
     report.update(parameters_before=before, parameters_after=after,
@@ -68,8 +65,6 @@ def prune(model: Any, config: PruneMethodConfig, calibration: Any = None,
 def save_pruned(loaded: Any, directory: str | Path, config: PruneMethodConfig, report: dict[str, Any],
                 parent: str | None = None) -> Path:
     """Save a pruned model as a standard HF directory with its lineage card (atomically)."""
-    from lmopt.models import ModelCard, save_model
-
     card = ModelCard(name=f"{loaded.card.name or loaded.ref}-{config.method}", parent=parent or loaded.ref,
                      parent_hash=loaded.hash, step="prune", config=config.to_dict(),
                      format_info={"pruning": report})

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 
 def channel_importance(down_weight: Any, hessian_diag: Any) -> Any:
     """(inter,) energy of each MLP channel at the block output: ||W_down[:, k]||^2 * E[h_k^2]."""
@@ -23,8 +25,6 @@ def channel_importance(down_weight: Any, hessian_diag: Any) -> Any:
 
 def head_importance(o_weight: Any, hessian: Any, head_dim: int) -> Any:
     """(heads,) output energy of each head: trace(W_j H_jj W_j^T) for o_proj weight (hidden, heads*hd)."""
-    import torch
-
     w = o_weight.detach().float()
     heads = w.shape[1] // head_dim
     scores = torch.empty(heads, device=w.device)
@@ -41,8 +41,6 @@ def taylor_importance(pairs: list[tuple[Any, Any, int]], units: int) -> Any:
     pairs: (weight, grad, dim) with the units along `dim` in contiguous equal slices, e.g. (gate, g, 0)
     and (down, g, 1) for MLP channels, or q_proj rows / o_proj columns of heads (head_dim each).
     """
-    import torch
-
     total = torch.zeros(units, device=pairs[0][0].device)
     for weight, grad, dim in pairs:
         contrib = (weight.detach().float() * grad.float()).abs().sum(1 - dim)  # (size along dim,)
@@ -52,16 +50,12 @@ def taylor_importance(pairs: list[tuple[Any, Any, int]], units: int) -> Any:
 
 def block_influence(x_in: Any, x_out: Any) -> float:
     """1 - mean cosine similarity of a layer's input and output hidden states (batch, seq, hidden)."""
-    import torch
-
     cos = torch.nn.functional.cosine_similarity(x_in.float(), x_out.float(), dim=-1)
     return float(1 - cos.mean())
 
 
 def keep_top(scores: Any, n_keep: int) -> list[int]:
     """Indices of the `n_keep` highest scores, sorted ascending (the order of the original units)."""
-    import torch
-
     return sorted(torch.topk(scores.float(), n_keep).indices.tolist())
 
 
@@ -95,8 +89,6 @@ def refit_inputs(weight: Any, hessian: Any, keep: list[int], damp: float = 0.01)
     argmin_V sum ||V x_K - W x||^2 = W H[:, K] H[K, K]^-1 for H = sum x x^T (in, in); `damp` adds
     damp * mean(diag H[K, K]) to the diagonal (the same ridge as SparseGPT/GPTQ). Returns (out, |K|).
     """
-    import torch
-
     h = hessian.float()
     idx = torch.as_tensor(keep, dtype=torch.long, device=h.device)
     h_kk = h[idx][:, idx]

@@ -8,6 +8,9 @@ Everything here is tensor in, tensor out, testable on a toy `nn.Linear` weight (
 A mask is a bool tensor shaped like the weight, True where the weight is removed (set to zero).
 An N:M pattern keeps N weights in every M consecutive input columns (2:4 = 50% sparsity, the pattern
 sparse tensor cores accelerate).
+
+torch is imported inside the functions: the prune configs validate `pattern` with `parse_pattern`
+from here, and configs must validate without importing torch (about a second).
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def wanda_scores(weight: Any, input_sq_norm: Any) -> Any:
 
 def sparsity_mask(scores: Any, sparsity: float, per_row: bool = False) -> Any:
     """Remove the `sparsity` fraction of lowest scores, over the whole matrix or in every row."""
-    import torch
+    import torch  # lazy: configs validate with parse_pattern (module docstring)
 
     rows, cols = scores.shape
     if per_row:
@@ -72,7 +75,7 @@ def sparsity_mask(scores: Any, sparsity: float, per_row: bool = False) -> Any:
 
 def nm_mask(scores: Any, n: int, m: int) -> Any:
     """Remove the m-n lowest scores in every group of m consecutive columns (in must divide by m)."""
-    import torch
+    import torch  # lazy: configs validate with parse_pattern (module docstring)
 
     rows, cols = scores.shape
     if cols % m:
@@ -94,7 +97,7 @@ def _inverse_cholesky(hessian: Any, damp: float) -> Any:
     Row i of U, divided by U[i, i], is the first row of inv(H[i:, i:]) / inv(H[i:, i:])[0, 0], the
     OBS update once the columns before i are fixed; U[i, i]^2 = inv(H[i:, i:])[0, 0].
     """
-    import torch
+    import torch  # lazy: configs validate with parse_pattern (module docstring)
 
     h = hessian.clone().float()
     cols = h.shape[0]
@@ -120,7 +123,7 @@ def sparsegpt_prune_weight(
     the columns to its right through the inverse Hessian, so the layer output moves as little as
     possible. The mean-diagonal damping (1%) follows the reference implementation.
     """
-    import torch
+    import torch  # lazy: configs validate with parse_pattern (module docstring)
 
     w = weight.detach().clone().float()  # (out, in)
     h = hessian.detach().clone().float()  # (in, in)

@@ -7,11 +7,13 @@ model is evaluated on.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator
 
 from lmopt.configs import Config
+from lmopt.data.text import TEXT_SOURCES, load_text
 from lmopt.train.config import DistillConfig
 
 
@@ -38,10 +40,6 @@ class RecoveryConfig(Config):
 
 def recovery_rows(source: str, data_dir: str | None = None, chunk_chars: int = 4000) -> Any:
     """A file path for lmopt.train, or a named text source cut into `chunk_chars` documents."""
-    from pathlib import Path
-
-    from lmopt.data.text import TEXT_SOURCES, load_text
-
     if source not in TEXT_SOURCES and Path(source).suffix in (".txt", ".jsonl", ".json", ".csv", ".parquet"):
         return source
     text = load_text(source, data_dir)
@@ -51,7 +49,8 @@ def recovery_rows(source: str, data_dir: str | None = None, chunk_chars: int = 4
 def recover(teacher: Any, student: Any, config: RecoveryConfig,
             data_dir: str | None = None) -> tuple[Any, dict]:
     """Distill `teacher` into `student` (LoadedModels); return (the student's trained model, metrics)."""
-    from lmopt.train import distill
+    # lazy: prune/config.py imports this module (CLI start-up); the training stack takes seconds to load
+    from lmopt.train.distill import distill
 
     result = distill(teacher, student, recovery_rows(config.data, data_dir), config.distill)
     return result.model.model, result.metrics

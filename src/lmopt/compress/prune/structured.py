@@ -16,6 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
+from lmopt.compress.calibration import collect_linear_inputs, sequential_calibrate
 from lmopt.compress.prune import importance as imp
 from lmopt.compress.prune.config import StructuredConfig
 from lmopt.compress.prune.surgery import (
@@ -27,12 +30,11 @@ from lmopt.compress.prune.surgery import (
     slice_linear,
     sync_config,
 )
+from lmopt.errors import LmoptError
 
 
 def block_influences(model: Any, windows: Any, batch_size: int = 8) -> list[float]:
     """Block influence of every decoder layer, token-weighted over the calibration windows."""
-    import torch
-
     layers = decoder_layers(model)
     sums = [0.0] * len(layers)
 
@@ -77,10 +79,6 @@ def taylor_scores(model: Any, windows: Any, batch_size: int = 4) -> list[dict[st
 
 def _input_hessian(layer: Any, inputs: Any, name: str) -> Any:
     """H = X^T X (in, in) of the input of Linear `name` in `layer` over all calibration batches."""
-    import torch
-
-    from lmopt.compress.calibration import collect_linear_inputs
-
     acc: list[Any] = []
 
     def on_input(_name: str, _linear: Any, x: Any) -> None:
@@ -95,8 +93,6 @@ def _input_hessian(layer: Any, inputs: Any, name: str) -> Any:
 
 def _replace_inputs(linear: Any, keep: list[int], hessian: Any, refit: bool) -> Any:
     """`linear` restricted to input columns `keep`, least-squares refit when asked."""
-    import torch
-
     new = slice_linear(linear, keep, 1)
     if refit:
         with torch.no_grad():
@@ -136,8 +132,6 @@ def kept_mlp_width(inter: int, fraction: float, round_to: int) -> int:
 
 def _check_head_count(model: Any, config: StructuredConfig) -> None:
     """Refuse up front a head count transformers' config validation would reject when loading."""
-    from lmopt.errors import LmoptError
-
     heads, kv, _ = head_layout(model)
     drop = imp.heads_to_remove(config.heads, heads, kv, config.head_mode) if config.heads else 0
     left = heads - drop * (heads // kv if config.head_mode == "group" else kv)
@@ -151,15 +145,11 @@ def _check_head_count(model: Any, config: StructuredConfig) -> None:
 
 def prune_structured(model: Any, config: StructuredConfig, windows: Any) -> dict[str, Any]:
     """Shrink `model` in place as `config` says; return what was removed."""
-    from lmopt.compress.calibration import sequential_calibrate
-
     layers = decoder_layers(model)
     _check_head_count(model, config)
     report: dict[str, Any] = {"method": "structured", "layers_before": len(layers)}
     if config.layers:
         if config.layers >= len(layers):
-            from lmopt.errors import LmoptError
-
             raise LmoptError(f"structured.layers={config.layers}: the model has only {len(layers)} layers")
         bi = block_influences(model, windows, config.calibration.batch_size)
         drop = sorted(sorted(range(len(bi)), key=bi.__getitem__)[:config.layers])

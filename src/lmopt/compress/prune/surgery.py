@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from lmopt.errors import LmoptError
 
 
@@ -41,8 +43,6 @@ def head_layout(model: Any) -> tuple[int, int, int]:
 
 def slice_linear(linear: Any, index: Any, dim: int) -> Any:
     """A new nn.Linear keeping `index` along dim 0 (outputs) or 1 (inputs) of the weight (out, in)."""
-    import torch
-
     index = torch.as_tensor(index, dtype=torch.long, device=linear.weight.device)
     weight = linear.weight.detach().index_select(dim, index)
     bias = linear.bias.detach() if linear.bias is not None else None
@@ -97,8 +97,6 @@ def remove_heads(attn: Any, keep_q: list[int], keep_kv: list[int], layout: tuple
 
 def remove_layers(model: Any, drop: list[int]) -> None:
     """Delete decoder layers `drop` and renumber the rest (the KV cache indexes layers by layer_idx)."""
-    import torch
-
     layers = decoder_layers(model)
     kept = [layer for i, layer in enumerate(layers) if i not in set(drop)]
     if not kept:

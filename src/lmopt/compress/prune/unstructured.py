@@ -16,6 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
+from lmopt.compress.calibration import collect_linear_inputs, decoder_layers, linear_modules, sequential_calibrate
 from lmopt.compress.prune.config import MagnitudeConfig, SparseGPTConfig, WandaConfig
 from lmopt.compress.prune.math import (
     add_input_stats,
@@ -27,11 +30,10 @@ from lmopt.compress.prune.math import (
     sparsity_mask,
     wanda_scores,
 )
+from lmopt.errors import LmoptError
 
 
 def _targets(layer: Any, skip: list[str]) -> dict[str, Any]:
-    from lmopt.compress.calibration import linear_modules
-
     return linear_modules(layer, skip=skip)
 
 
@@ -43,8 +45,6 @@ def _mask_from_scores(scores: Any, config: Any, per_row: bool) -> Any:
 
 
 def _check_shapes(layers: Any, config: Any) -> None:
-    from lmopt.errors import LmoptError
-
     nm = parse_pattern(config.pattern)
     if not nm:
         return
@@ -65,8 +65,6 @@ class _InputStats:
         self._last: tuple[Any, str] | None = None
 
     def __call__(self, name: str, linear: Any, x: Any) -> None:
-        import torch
-
         if self._last is not None and self._last[0] is x:  # same tensor as the previous Linear
             self.alias[name] = self._last[1]
             return
@@ -81,8 +79,6 @@ class _InputStats:
 
 
 def _prune_layer(layer: Any, inputs: Any, config: WandaConfig | SparseGPTConfig, report: dict) -> None:
-    from lmopt.compress.calibration import collect_linear_inputs
-
     targets = _targets(layer, config.skip)
     stats = _InputStats(hessian=config.method == "sparsegpt")
     collect_linear_inputs(layer, inputs, stats, names=list(targets))
@@ -102,10 +98,6 @@ def _prune_layer(layer: Any, inputs: Any, config: WandaConfig | SparseGPTConfig,
 def prune_unstructured(model: Any, config: MagnitudeConfig | WandaConfig | SparseGPTConfig,
                        windows: Any = None) -> dict[str, Any]:
     """Prune every Linear in the decoder layers in place; `windows` (n, seq) feeds Wanda/SparseGPT."""
-    import torch
-
-    from lmopt.compress.calibration import decoder_layers, sequential_calibrate
-
     layers = decoder_layers(model)
     _check_shapes(layers, config)
     report = {"pruned": 0, "total": 0}
