@@ -83,7 +83,7 @@ def _target(node: ast.Import | ast.ImportFrom, alias: ast.alias, module: str, is
 def _explained(lines: list[str], node: ast.stmt, siblings: list[ast.stmt]) -> bool:
     def commented(stmt: ast.stmt) -> bool:
         i = stmt.lineno - 1
-        return "# lazy:" in lines[i] or (i > 0 and lines[i - 1].strip().startswith("# lazy:"))
+        return "# lazy:" in lines[i] or (i > 0 and "# lazy:" in lines[i - 1])
 
     if commented(node):
         return True
