@@ -30,8 +30,8 @@ from lmopt.compress.quantize.storage import dequantized_copy
 from lmopt.errors import LmoptError, missing_dependency
 from lmopt.export.config import ExportConfig
 from lmopt.export.parity import PROMPTS, compare, judge, parity_windows, torch_logits
+from lmopt.io import atomic_directory
 from lmopt.models import LoadedModel
-from lmopt.models.save import atomic_directory
 
 OPSET = 18
 GRAPH = "model.onnx"

@@ -29,8 +29,8 @@ from lmopt.compress.quantize.runtime import QuantLinear
 from lmopt.errors import LmoptError
 from lmopt.export.config import ExportConfig
 from lmopt.export.gguf_tensors import is_tied
+from lmopt.io import atomic_directory
 from lmopt.models import LoadedModel
-from lmopt.models.save import atomic_directory
 
 MARLIN_GROUPS = (-1, 32, 64, 128)
 """Group sizes vLLM's Marlin W4A16/W8A16 kernels run (-1 = per channel)."""
