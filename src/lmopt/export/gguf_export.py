@@ -7,14 +7,13 @@ any other GGUF. It is written under a temporary name beside the target and renam
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from lmopt.errors import LmoptError
 from lmopt.export.gguf_tensors import GGUF_ARCH, plan_tensors
 from lmopt.export.gguf_vocab import add_tokenizer, tokenizer_fields
+from lmopt.io import atomic_path
 
 FILE_TYPE = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0",
              "q4_0": "MOSTLY_Q4_0", "q4_1": "MOSTLY_Q4_1"}
@@ -41,11 +40,8 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, main: str, head: str, req
     arch = check_architecture(model)
     fields = tokenizer_fields(tokenizer, model.config.vocab_size)  # before any file exists: bad input first
     planned, report = plan_tensors(model, main, head, requantize)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        writer = gguf.GGUFWriter(tmp, arch)
+    with atomic_path(path) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), arch)
         _add_hparams(writer, model.config, name, main)
         add_tokenizer(writer, fields, pre_tokenizer)
         for item in planned:
@@ -55,10 +51,6 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, main: str, head: str, req
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return {"tensor_types": dict(sorted(report.counts.items())), "notes": report.notes,
             "architecture": arch, "pre_tokenizer": pre_tokenizer}
 

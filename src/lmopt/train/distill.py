@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lmopt.errors import LmoptError
+from lmopt.io import atomic_path
 from lmopt.train.callbacks import Callback
 from lmopt.train.config import DistillConfig
 from lmopt.train.loop import training_device
@@ -95,9 +96,8 @@ def teacher_topk(
             values[start : start + n, :length] = top.values.to(torch.bfloat16).cpu()
             indices[start : start + n, :length] = top.indices.to(torch.int32).cpu()
     cache = {"values": values, "indices": indices}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(cache, str(path.with_suffix(".tmp")))
-    path.with_suffix(".tmp").replace(path)
+    with atomic_path(path) as tmp:
+        save_file(cache, str(tmp))
     return cache
 
 
