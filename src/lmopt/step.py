@@ -34,6 +34,7 @@ STEP_TABLE: dict[str, str] = {
     "quantize": "lmopt.compress.quantize.step:QUANTIZE",
     "prune": "lmopt.compress.prune.step:PRUNE",
     "serve-bench": "lmopt.serve.step:SERVE_BENCH",
+    "export": "lmopt.export.step:EXPORT",
 }
 """Step name -> `module:attribute` of its `Step` declaration."""
 

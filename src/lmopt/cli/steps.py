@@ -25,6 +25,7 @@ from lmopt.compress.quantize.config import QuantizeStepConfig
 from lmopt.configs import union_members
 from lmopt.data.config import AugmentConfig, CleanConfig
 from lmopt.evaluate.config import BenchConfig, EvaluateConfig
+from lmopt.export.config import ExportConfig
 from lmopt.io import write_json
 from lmopt.monitor import Registry
 from lmopt.pipeline import one_step_recipe, run_recipe
@@ -114,6 +115,7 @@ VERBS = [
          switches={"pii": ({"pii.enabled": True}, "Replace e-mails, phones, IPs, cards, keys by placeholders."),
                    "no-quality": ({"quality.enabled": False}, "Skip the quality rules.")},
          show=_show_clean),
+    Verb("export", "export", ExportConfig, output="none", short={"output": "-o"}),
     Verb("augment", "augment", AugmentConfig, input="dataset", output="dataset", aliases={"method": "methods"},
          short={"method": "-m"}, show=_show_augment),
 ]
@@ -202,7 +204,9 @@ def _common_parameters(verb: Verb) -> list[inspect.Parameter]:
 
 def add_verb(app: typer.Typer, verb: Verb, summary: str) -> None:
     """Register `verb` on `app` with options generated from its config."""
-    reserved = COMMON | {flag.replace("-", "_") for flag in verb.switches}
+    # a verb without a model/dataset result gives --output to its config (export: the file it writes)
+    common = COMMON - {"output"} if verb.output == "none" else COMMON
+    reserved = common | {flag.replace("-", "_") for flag in verb.switches}
     options: list[FieldOption] = config_options(verb.config, verb.aliases, reserved)
     methods = len(union_members(verb.config))
     params = _common_parameters(verb) + as_parameters(options, methods, verb.short)
@@ -232,5 +236,6 @@ SUMMARIES = {
     "finetune": "Fine-tune a model (full or LoRA) on raw text (domain adaptation) or chat data.",
     "distill": "Distill a teacher into a student (a given model, or the teacher cut to N layers).",
     "clean": "Normalize, quality-filter, decontaminate, scrub PII and deduplicate INPUT into OUTPUT.",
+    "export": "Export a model to GGUF (llama.cpp, Ollama), ONNX (ONNX Runtime) or vLLM's layout, with a parity check.",
     "augment": "Add EDA-edited and/or model-paraphrased copies of each row; originals are kept and marked.",
 }
