@@ -1,0 +1,414 @@
+"""Drift between two windows of served traffic: did what users send, or what the model answers, change?
+
+    report = drift(reference, current, DriftConfig())     # windows: `lmopt.monitor.drift_windows`
+    report.alerts                                         # metrics past their threshold
+
+Metrics (each `MetricDrift`: value, threshold, alert; None when a window lacks what it needs):
+- `prompt_length`: Kolmogorov-Smirnov statistic between the prompts' token counts.
+- `tokens`: Jensen-Shannon divergence (base 2, 0..1) between the prompts' token distributions, over
+  the reference's `vocab` most frequent tokens plus one bucket for all others. Tokens are the model
+  tokenizer's ids (`tokens: model`) or lowercased words hashed to integers (`hashed`, no model
+  needed). Few bins keep the estimate stable on a few thousand tokens; a new topic shows as mass
+  moving into the "other" bucket.
+- `script`, `language`: total variation distance between the shares of prompts per dominant Unicode
+  script, and per language (py3langid) -- the share of traffic that moved to another script/language.
+- `loss`: change of the served model's mean per-token NLL on the prompts (nats); unfamiliar input
+  raises it. Only with a model (`drift(..., model=loaded)`).
+- `output_length`: KS statistic between the responses' token counts.
+- `bad_output`: rise of the share of empty or truncated (`finish_reason == "length"`) responses.
+- `feedback_rate`: change of the share of requests that got feedback; `negative_feedback`: rise of
+  the share of ratings below zero.
+Default thresholds: see `DriftConfig` and docs/monitor.md (calibrated by benchmarks/monitor_scenario.py).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import zlib
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from lmopt.configs import Config
+from lmopt.errors import LmoptError
+
+WORD_RE = re.compile(r"[^\W\d_]+|\d+|[^\w\s]")
+
+
+class DriftConfig(Config):
+    """How drift is measured and when a metric alerts. A threshold of None reports without alerting.
+
+    The thresholds were calibrated for a current window of 200 requests against a reference of 500 or
+    more (docs/monitor.md): smaller windows are noisier, so `min_requests` guards against tiny ones.
+    """
+
+    tokens: Literal["hashed", "model"] = "hashed"
+    """Token space of `prompt_length` and `tokens`: hashed lowercased words (no model needed), or the
+    model tokenizer's ids (needs a model)."""
+    vocab: int = Field(default=300, ge=1)
+    """Bins of the token distribution: the reference's most frequent tokens (plus one for the rest)."""
+    permutations: int = Field(default=20, ge=0)
+    """Shuffles of the prompts between the two windows that estimate each distance's sampling-noise
+    floor (what the distance is between two windows of these sizes from one distribution). The
+    distances (`prompt_length`, `token_js`, `script`, `language`, `output_length`) are reported as
+    their excess over that floor, so a threshold means the same for any window size; 0 = raw."""
+    seed: int = 0
+    """Seed of the shuffles (results are reproducible)."""
+    min_requests: int = Field(default=50, ge=1)
+    """Fewer prompts than this in either window: no metric is computed (a tiny window only adds noise)."""
+    min_feedback: int = Field(default=20, ge=1)
+    """Fewer ratings than this in either window: `negative_feedback` is not computed."""
+    prompt_length: float | None = Field(default=0.15, gt=0)
+    """Largest KS statistic between prompt-length distributions."""
+    token_js: float | None = Field(default=0.05, gt=0)
+    """Largest Jensen-Shannon divergence (base 2) between token distributions."""
+    script: float | None = Field(default=0.10, gt=0)
+    """Largest share of prompts moved to another dominant script (total variation distance)."""
+    language: float | None = Field(default=0.15, gt=0)
+    """Largest share of prompts moved to another language (total variation distance)."""
+    loss: float | None = Field(default=0.5, gt=0)
+    """Largest change of the model's mean per-token NLL on the prompts, either way (nats)."""
+    output_length: float | None = Field(default=0.15, gt=0)
+    """Largest KS statistic between response-length distributions."""
+    bad_output: float | None = Field(default=0.10, gt=0)
+    """Largest rise of the share of empty or truncated responses."""
+    feedback_rate: float | None = Field(default=0.10, gt=0)
+    """Largest change of the share of requests that got feedback."""
+    negative_feedback: float | None = Field(default=0.15, gt=0)
+    """Largest rise of the share of ratings below zero."""
+    loss_prompts: int = Field(default=200, ge=1)
+    """Prompts per window the model's loss is measured on (the most recent ones)."""
+    loss_max_tokens: int = Field(default=256, ge=8)
+    """Prompt tokens scored (longer prompts keep their end)."""
+
+
+@dataclass
+class Window:
+    """Requests to compare: prompts, and what is known of their responses and feedback."""
+
+    prompts: list[str]
+    responses: list[str] | None = None
+    """None when the source has no responses (a dataset of prompts)."""
+    finish_reasons: list[str | None] | None = None
+    completion_tokens: list[int | None] | None = None
+    ratings: list[float] | None = None
+    """Ratings given to these requests; None when the source has no feedback."""
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+@dataclass
+class MetricDrift:
+    name: str
+    value: float | None
+    """The statistic (None: not computed, see `note`)."""
+    threshold: float | None
+    alert: bool
+    reference: Any = None
+    """A summary of the reference window for this metric (mean, shares...)."""
+    current: Any = None
+    note: str = ""
+
+
+@dataclass
+class DriftReport:
+    reference: str
+    current: str
+    n_reference: int
+    n_current: int
+    metrics: list[MetricDrift] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def alerts(self) -> list[MetricDrift]:
+        return [m for m in self.metrics if m.alert]
+
+    def values(self) -> dict[str, float]:
+        return {m.name: m.value for m in self.metrics if m.value is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "alerts": [m.name for m in self.alerts]}
+
+
+# --- statistics ------------------------------------------------------------------------------------
+
+
+def js_divergence(p: Sequence[float], q: Sequence[float]) -> float:
+    """Jensen-Shannon divergence in bits (0..1) between two histograms (normalized here)."""
+    p, q = np.asarray(p, dtype=float), np.asarray(q, dtype=float)
+    if p.shape != q.shape or p.sum() <= 0 or q.sum() <= 0:
+        raise ValueError("js_divergence: two non-empty histograms of the same shape")
+    p, q = p / p.sum(), q / q.sum()
+    m = (p + q) / 2
+
+    def kl(a: np.ndarray) -> float:
+        nz = a > 0  # 0 log 0 = 0; m > 0 wherever a > 0
+        return float(np.sum(a[nz] * np.log2(a[nz] / m[nz])))
+
+    return max(0.0, (kl(p) + kl(q)) / 2)
+
+
+def ks_statistic(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs."""
+    a, b = np.sort(np.asarray(a, dtype=float)), np.sort(np.asarray(b, dtype=float))
+    if not len(a) or not len(b):
+        raise ValueError("ks_statistic: two non-empty samples")
+    grid = np.concatenate([a, b])
+    cdf_a = np.searchsorted(a, grid, side="right") / len(a)
+    cdf_b = np.searchsorted(b, grid, side="right") / len(b)
+    return float(np.max(np.abs(cdf_a - cdf_b)))
+
+
+# --- per-prompt features ---------------------------------------------------------------------------
+
+
+def hashed_tokens(text: str) -> list[int]:
+    """Lowercased words, numbers and punctuation marks, each hashed to a stable 32-bit id."""
+    return [zlib.crc32(w.encode()) for w in WORD_RE.findall(text.lower())]
+
+
+def dominant_script(text: str) -> str:
+    """The Unicode script most letters of `text` belong to (first word of their names: LATIN, CJK...)."""
+    counts: Counter = Counter()
+    for ch in text:
+        if ch.isalpha():
+            counts[unicodedata.name(ch, "UNKNOWN").split(" ")[0]] += 1
+    return counts.most_common(1)[0][0] if counts else "NONE"
+
+
+def language_of(text: str) -> str:
+    """ISO 639-1 code py3langid gives `text`."""
+    import py3langid  # lazy: loads its model (~0.5 s) on first use
+
+    return py3langid.classify(text)[0]
+
+
+def is_bad_output(response: str, finish_reason: str | None) -> bool:
+    """Empty, or cut off by the token limit."""
+    return not response.strip() or finish_reason == "length"
+
+
+def prompt_nlls(model: Any, prompts: list[str], max_tokens: int) -> list[float]:
+    """Mean per-token NLL (nats) of each prompt under `model` (a LoadedModel); prompts keep their end."""
+    from lmopt.evaluate.loglik import loglikelihoods  # lazy: torch, only when the loss is measured
+
+    tok = model.tokenizer
+    texts = [p for p in prompts if p.strip()]
+    counts = [min(len(ids), max_tokens) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+    totals = loglikelihoods(model.model, tok, [("", t) for t in texts], max_length=max_tokens)
+    return [-total / max(n, 1) for (total, _), n in zip(totals, counts, strict=True)]
+
+
+# --- windows -> features -> metrics ----------------------------------------------------------------
+
+
+@dataclass
+class Features:
+    """What the metrics need from one window, computed once (a monitor keeps the reference's)."""
+
+    source: str
+    n: int
+    tokens: list[list[int]]
+    scripts: list[str]
+    languages: list[str]
+    nll: list[float] | None
+    output_lengths: list[int] | None
+    bad_outputs: int | None
+    feedback_rate: float | None
+    ratings: list[float] | None
+
+
+def features(window: Window, config: DriftConfig, model: Any = None) -> Features:
+    """The window's per-prompt figures; the model's NLL only when `model` is given."""
+    if config.tokens == "model" and model is None:
+        raise LmoptError("drift: `tokens: model` needs the served model (give --model, or use tokens: hashed)")
+    prompts = window.prompts
+    if config.tokens == "model":
+        tokens = list(model.tokenizer(prompts, add_special_tokens=False)["input_ids"]) if prompts else []
+    else:
+        tokens = [hashed_tokens(p) for p in prompts]
+    nll = prompt_nlls(model, prompts[-config.loss_prompts:], config.loss_max_tokens) if model and prompts else None
+    out_lengths = bad = None
+    if window.responses is not None:
+        finish = window.finish_reasons or [None] * len(window.responses)
+        counted = window.completion_tokens or [None] * len(window.responses)
+        out_lengths = [n if n is not None else len(hashed_tokens(r)) for r, n in zip(window.responses, counted,
+                                                                                          strict=True)]
+        bad = sum(is_bad_output(r, f) for r, f in zip(window.responses, finish, strict=True))
+    rate = len(window.ratings) / len(prompts) if window.ratings is not None and prompts else None
+    return Features(window.source, len(prompts), tokens, [dominant_script(p) for p in prompts],
+                    [language_of(p) for p in prompts], nll, out_lengths, bad, rate, window.ratings)
+
+
+def merge_features(parts: list[Features], source: str, ratings: list[float] | None = None) -> Features:
+    """One window's features from those of its requests (a monitor computes each request's once);
+    `ratings` are the window's ratings now (they keep arriving after a request is served)."""
+    def joined(name: str) -> list | None:
+        values = [getattr(p, name) for p in parts]
+        return None if not parts or any(v is None for v in values) else [x for v in values for x in v]
+
+    bad = [p.bad_outputs for p in parts]
+    n = sum(p.n for p in parts)
+    return Features(source, n, joined("tokens") or [], joined("scripts") or [], joined("languages") or [],
+                    joined("nll"), joined("output_lengths"), None if None in bad or not parts else sum(bad),
+                    len(ratings) / n if ratings is not None and n else None, ratings)
+
+
+def _metric(name: str, value: float | None, threshold: float | None, ref: Any = None, cur: Any = None,
+            note: str = "", two_sided: bool = False) -> MetricDrift:
+    size = abs(value) if value is not None and two_sided else value
+    alert = size is not None and threshold is not None and size > threshold
+    rounded = None if value is None else round(float(value), 6)
+    return MetricDrift(name, rounded, threshold, alert, ref, cur, note)
+
+
+def _mean(values: list[float]) -> float:
+    return round(float(np.mean(values)), 4) if values else 0.0
+
+
+def _shares(labels: np.ndarray, names: list[str], top: int = 5) -> dict[str, float]:
+    counts = Counter(labels.tolist())
+    return {names[k]: round(n / len(labels), 4) for k, n in counts.most_common(top)}
+
+
+def noise_floor(statistic: Callable[[Any, Any], float], ref: np.ndarray, cur: np.ndarray, permutations: int,
+                seed: int) -> float:
+    """Mean of `statistic` over shuffles of the pooled rows between two windows of the same sizes:
+    the value the statistic takes by chance alone (rows: prompts, shape (n, ...))."""
+    if permutations == 0:
+        return 0.0
+    pooled = np.concatenate([ref, cur])
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(permutations):
+        order = rng.permutation(len(pooled))
+        values.append(statistic(pooled[order[:len(ref)]], pooled[order[len(ref):]]))
+    return float(np.mean(values))
+
+
+def _distance(name: str, statistic: Callable[[Any, Any], float], ref: np.ndarray, cur: np.ndarray,
+              threshold: float | None, config: DriftConfig, ref_summary: dict, cur_summary: dict) -> MetricDrift:
+    """A distance between the windows, reported as its excess over the noise floor."""
+    raw = statistic(ref, cur)
+    floor = noise_floor(statistic, ref, cur, config.permutations, config.seed)
+    return _metric(name, raw - floor, threshold, ref_summary, {**cur_summary, "distance": round(raw, 6),
+                                                               "noise_floor": round(floor, 6)})
+
+
+def _labels(ref: list[str], cur: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    names = sorted(set(ref) | set(cur))
+    index = {n: i for i, n in enumerate(names)}
+    return np.array([index[x] for x in ref]), np.array([index[x] for x in cur]), names
+
+
+def _label_distance(name: str, ref: list[str], cur: list[str], threshold: float | None,
+                    config: DriftConfig) -> MetricDrift:
+    a, b, names = _labels(ref, cur)
+
+    def tv(x: np.ndarray, y: np.ndarray) -> float:
+        return 0.5 * float(np.abs(np.bincount(x, minlength=len(names)) / len(x)
+                                  - np.bincount(y, minlength=len(names)) / len(y)).sum())
+
+    return _distance(name, tv, a, b, threshold, config, _shares(a, names), _shares(b, names))
+
+
+def drift(reference: Window | Features, current: Window | Features, config: DriftConfig | None = None, *,
+          model: Any = None) -> DriftReport:
+    """Compare two windows on every metric (see the module docstring); `model` enables `loss` and
+    `tokens: model`. Windows may be given as precomputed `Features`."""
+    config = config or DriftConfig()
+    ref = reference if isinstance(reference, Features) else features(reference, config, model)
+    cur = current if isinstance(current, Features) else features(current, config, model)
+    report = DriftReport(ref.source, cur.source, ref.n, cur.n, config=config.to_dict())
+    if min(ref.n, cur.n) < config.min_requests:
+        note = f"fewer than {config.min_requests} prompts in a window (min_requests)"
+        report.metrics = [_metric(name, None, getattr(config, name), note=note) for name in METRICS]
+        return report
+    report.metrics = [
+        _lengths("prompt_length", [len(t) for t in ref.tokens], [len(t) for t in cur.tokens], config.prompt_length,
+                 config),
+        _tokens(ref, cur, config),
+        _label_distance("script", ref.scripts, cur.scripts, config.script, config),
+        _label_distance("language", ref.languages, cur.languages, config.language, config),
+        _loss(ref, cur, config),
+        _lengths("output_length", ref.output_lengths, cur.output_lengths, config.output_length, config),
+        _bad_output(ref, cur, config),
+        _feedback_rate(ref, cur, config),
+        _negative_feedback(ref, cur, config),
+    ]
+    return report
+
+
+METRICS = ("prompt_length", "token_js", "script", "language", "loss", "output_length", "bad_output",
+           "feedback_rate", "negative_feedback")
+
+
+def _lengths(name: str, ref: list[int] | None, cur: list[int] | None, threshold: float | None,
+             config: DriftConfig) -> MetricDrift:
+    if not ref or not cur:
+        return _metric(name, None, threshold, note="a window has no responses")
+    return _distance(name, ks_statistic, np.array(ref), np.array(cur), threshold, config, {"mean": _mean(ref)},
+                     {"mean": _mean(cur)})
+
+
+def _tokens(ref: Features, cur: Features, config: DriftConfig) -> MetricDrift:
+    """JS divergence of the windows' token histograms; rows are per-prompt histograms (n, vocab + 1)."""
+    bins = {t: i for i, (t, _) in enumerate(Counter(t for ids in ref.tokens for t in ids).most_common(config.vocab))}
+
+    def rows(seqs: list[list[int]]) -> np.ndarray:
+        out = np.zeros((len(seqs), len(bins) + 1))
+        for i, ids in enumerate(seqs):
+            np.add.at(out[i], [bins.get(t, len(bins)) for t in ids], 1)
+        return out
+
+    a, b = rows(ref.tokens), rows(cur.tokens)
+    if not a.sum() or not b.sum():
+        return _metric("token_js", None, config.token_js, note="a window has no tokens")
+
+    def js(x: np.ndarray, y: np.ndarray) -> float:
+        return js_divergence(x.sum(0), y.sum(0))
+
+    def other(x: np.ndarray) -> dict[str, float]:
+        return {"other_share": round(float(x[:, -1].sum() / x.sum()), 4)}
+
+    return _distance("token_js", js, a, b, config.token_js, config, other(a), other(b))
+
+
+def _loss(ref: Features, cur: Features, config: DriftConfig) -> MetricDrift:
+    if ref.nll is None or cur.nll is None:
+        return _metric("loss", None, config.loss, note="no model given")
+    a, b = _mean(ref.nll), _mean(cur.nll)
+    return _metric("loss", b - a, config.loss, {"nll": a}, {"nll": b}, two_sided=True)
+
+
+def _bad_output(ref: Features, cur: Features, config: DriftConfig) -> MetricDrift:
+    if cur.bad_outputs is None:
+        return _metric("bad_output", None, config.bad_output, note="the current window has no responses")
+    b = cur.bad_outputs / cur.n
+    a = ref.bad_outputs / ref.n if ref.bad_outputs is not None else 0.0
+    note = "" if ref.bad_outputs is not None else "the reference has no responses: compared with 0"
+    return _metric("bad_output", b - a, config.bad_output, {"share": round(a, 4)}, {"share": round(b, 4)}, note)
+
+
+def _feedback_rate(ref: Features, cur: Features, config: DriftConfig) -> MetricDrift:
+    if ref.feedback_rate is None or cur.feedback_rate is None:
+        return _metric("feedback_rate", None, config.feedback_rate, note="a window has no feedback record")
+    return _metric("feedback_rate", cur.feedback_rate - ref.feedback_rate, config.feedback_rate,
+                   {"rate": round(ref.feedback_rate, 4)}, {"rate": round(cur.feedback_rate, 4)}, two_sided=True)
+
+
+def _negative_feedback(ref: Features, cur: Features, config: DriftConfig) -> MetricDrift:
+    counts = [len(f.ratings) if f.ratings is not None else 0 for f in (ref, cur)]
+    if min(counts) < config.min_feedback:
+        return _metric("negative_feedback", None, config.negative_feedback,
+                       note=f"fewer than {config.min_feedback} ratings in a window (min_feedback)")
+    a, b = (sum(r < 0 for r in f.ratings) / len(f.ratings) for f in (ref, cur))
+    return _metric("negative_feedback", b - a, config.negative_feedback, {"share": round(a, 4)},
+                   {"share": round(b, 4)})
