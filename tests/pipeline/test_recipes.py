@@ -10,7 +10,8 @@ from lmopt.pipeline import Recipe, load_recipe_file, run_recipe
 
 SHIPPED = sorted((Path(lmopt.__file__).parent / "recipes").glob("*.yaml"))
 SPACES = [p for p in SHIPPED if p.stem.endswith("-space")]  # search spaces for `lmopt tune`
-RECIPES = [p for p in SHIPPED if p not in SPACES]
+SUITES = [p for p in SHIPPED if p.stem.startswith("suite-")]  # benchmark suites for `lmopt check`
+RECIPES = [p for p in SHIPPED if p not in SPACES and p not in SUITES]
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
@@ -24,6 +25,14 @@ def test_shipped_search_space_validates(path):
     from lmopt.tune.space import SearchSpace
 
     assert SearchSpace.from_yaml(path).params
+
+
+@pytest.mark.parametrize("path", SUITES, ids=[p.stem for p in SUITES])
+def test_shipped_suite_validates(path):
+    from lmopt.monitor.suite import load_suite
+
+    suite = load_suite(path)
+    assert suite.tasks or suite.perplexity
 
 
 def test_evaluate_embedded_recipe_runs_on_a_tiny_model(tmp_path, tiny_dir):

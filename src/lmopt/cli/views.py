@@ -10,7 +10,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lmopt.compress.quantize.autotune import kernel_plan
 from lmopt.data.stats import dataset_stats
 from lmopt.hardware import decode_roofline, detect_hardware, measure_bandwidth, weight_bytes_per_token
 from lmopt.io import write_json
@@ -64,6 +63,8 @@ def hw_cmd(model: str | None = typer.Option(None, "--model", help="Also show thi
     hw.bandwidth_gbs = round(measure_bandwidth(device=hw.device if hw.device == "cuda" else "cpu"), 2)
     info: dict[str, Any] = hw.to_dict()
     if model:
+        from lmopt.compress.quantize.autotune import kernel_plan  # lazy: torch; `lmopt --help` stays fast
+
         loaded = load_model(model)
         roofline = decode_roofline(loaded.model, hw.bandwidth_gbs)
         info["model"] = {"ref": model, "weight_bytes_per_token": weight_bytes_per_token(loaded.model),

@@ -1,7 +1,7 @@
-"""Evaluation: perplexity, multiple-choice tasks and speed, recorded in the run registry.
+"""Evaluation: perplexity, multiple-choice tasks and speed.
 
 `evaluate(loaded, tasks)` runs a list of task names on a loaded model and returns
-`{"model": ref, "tasks": {name: metrics}}`; `evaluate_model(ref, ...)` loads first and records.
+`{"model": ref, "tasks": {name: metrics}}`; `evaluate_model(ref, ...)` loads first.
 Task names: `pydoc`, `wikitext2`, a text/jsonl file (perplexity); piqa, arc_easy, arc_challenge,
 boolq, winogrande, openbookqa, copa, lambada, `mc:PATH` (accuracy).
 """
@@ -74,17 +74,15 @@ def evaluate(loaded: Any, tasks: list[str], *, limit: int | None = None, seq_len
 
 
 def evaluate_model(ref: str | Path, tasks: list[str], *, limit: int | None = None, seq_len: int = 2048,
-                   data_dir: str | Path | None = None, dtype: str = "auto", batch_size: int = 8,
-                   registry: Any = None) -> dict[str, Any]:
-    """Load `ref`, evaluate it, record each task in `registry` (if given), return the results."""
+                   data_dir: str | Path | None = None, dtype: str = "auto", batch_size: int = 8) -> dict[str, Any]:
+    """Check the task names, load `ref`, evaluate it: `{"model", "tasks", "dtype", "model_hash"}`.
+
+    Recording is the recipe runner's job (`lmopt eval` is a one-step recipe of the `evaluate` step)."""
     for task in tasks:
-        check_task(task)
+        check_task(task)  # before loading the model
     apply_threads()
     loaded = load_model(ref, dtype=dtype)
     results = evaluate(loaded, tasks, limit=limit, seq_len=seq_len, data_dir=data_dir, batch_size=batch_size)
     results["dtype"] = str(loaded.model.dtype).removeprefix("torch.")
-    if registry is not None:
-        config = {"limit": limit, "seq_len": seq_len, "dtype": results["dtype"]}
-        for task, metrics in results["tasks"].items():
-            registry.record("eval", str(ref), metrics, task=task, model_hash=loaded.hash, config=config)
+    results["model_hash"] = loaded.hash
     return results

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lmopt.compress.quantize.autotune import kernel_plan
-from lmopt.evaluate import check_task, evaluate
+from lmopt.evaluate import evaluate_model
 from lmopt.evaluate.config import BenchConfig, EvaluateConfig
 from lmopt.evaluate.speed import benchmark_speed
 from lmopt.hardware import apply_threads, measure_bandwidth
@@ -13,13 +13,9 @@ from lmopt.step import Step, StepContext, StepResult
 
 def evaluate_step(ctx: StepContext, config: EvaluateConfig) -> StepResult:
     """Evaluate the current model on a list of tasks."""
-    for task in config.tasks:
-        check_task(task)  # before loading the model
-    apply_threads()
-    loaded = load_model(ctx.require_model(), dtype=ctx.dtype)
-    results = evaluate(loaded, config.tasks, limit=config.limit, seq_len=config.seq_len,
-                       data_dir=ctx.data_dir, batch_size=config.batch_size)
-    return StepResult(metrics=results["tasks"], model_hash=loaded.hash)
+    results = evaluate_model(ctx.require_model(), config.tasks, limit=config.limit, seq_len=config.seq_len,
+                             data_dir=ctx.data_dir, dtype=ctx.dtype, batch_size=config.batch_size)
+    return StepResult(metrics=results["tasks"], model_hash=results["model_hash"])
 
 
 def bench_step(ctx: StepContext, config: BenchConfig) -> StepResult:

@@ -29,6 +29,7 @@ from lmopt.compress.quantize.runtime import QuantLinear
 from lmopt.errors import LmoptError
 from lmopt.export.config import ExportConfig
 from lmopt.export.gguf_tensors import is_tied
+from lmopt.export.parity import compare, judge, parity_windows, torch_logits
 from lmopt.io import atomic_directory
 from lmopt.models import LoadedModel
 
@@ -222,8 +223,6 @@ def _own_decompress(local: dict[str, torch.Tensor], weights: dict[str, Any]) -> 
 
 
 def vllm_parity(path: Path, source: Any, tokenizer: Any, text: str, parity: Any, kind: str) -> dict[str, Any]:
-    from lmopt.export.parity import compare, judge, parity_windows, torch_logits
-
     model, reader = load_vllm(path)
     figures = compare(torch_logits(source), torch_logits(model), parity_windows(tokenizer, text, parity))
     return judge({**figures, "reader": reader}, kind)

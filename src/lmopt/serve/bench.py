@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from lmopt.configs import Config
+from lmopt.data.text import pydoc_text
 from lmopt.errors import LmoptError
 
 
@@ -64,8 +65,6 @@ class Job:
 
 def make_workload(config: LoadConfig, tokenizer: Any = None) -> list[Job]:
     """Prompts cut from Python's docs; exact token counts when a tokenizer is given."""
-    from lmopt.data.text import pydoc_text
-
     rng = random.Random(config.seed)
     arrivals = random.Random(config.seed + 1)  # its own stream: the prompts do not depend on the rate
     words = pydoc_text("eval").split()

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmopt.compress.quantize.runtime import QuantLinear
+from lmopt.hardware import apply_threads
 from lmopt.serve.config import EngineConfig
 from lmopt.serve.kv_cache import slots_for_memory
 from lmopt.serve.metrics import EngineMetrics
@@ -88,8 +89,6 @@ class Engine:
     """Owns the model runner, the KV cache and the scheduler (see the module docstring)."""
 
     def __init__(self, loaded: Any, config: EngineConfig | None = None) -> None:
-        from lmopt.hardware import apply_threads
-
         self.config = config = config or EngineConfig()
         apply_threads(config.threads)
         self.model, self.tokenizer = loaded

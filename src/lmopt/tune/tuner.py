@@ -15,7 +15,7 @@ from lmopt.errors import LmoptError
 from lmopt.hardware import apply_threads
 from lmopt.pipeline import Recipe, run_recipe
 from lmopt.progress import progress_bar
-from lmopt.step import get_step
+from lmopt.step import NullRecorder, RunRecorder, get_step
 from lmopt.tune.config import TuneConfig, TuneJob
 from lmopt.tune.results import TuneResult, summarize, write_outputs
 from lmopt.tune.space import SearchSpace
@@ -85,7 +85,7 @@ def _inputs(recipe: Any, base_dir: Path, upto: int, registry: Any, log: Callable
 
 
 def job_from_recipe(recipe: Any, space: SearchSpace, config: TuneConfig, base_dir: Path | None = None,
-                    registry: Any = None, log: Callable = print, where: str = "recipe") -> TuneJob:
+                    registry: RunRecorder | None = None, log: Callable = print, where: str = "recipe") -> TuneJob:
     """Build the tuning job of a recipe (running the steps before the tuned one)."""
     base_dir = base_dir or Path.cwd()
     index, name, base = _find_target(recipe, where)
@@ -101,7 +101,7 @@ def job_from_recipe(recipe: Any, space: SearchSpace, config: TuneConfig, base_di
 
 
 def tune(recipe: Any, space: SearchSpace | str | Path | dict[str, Any], config: TuneConfig | None = None,
-         *, registry: Any = None, log: Callable[[str], Any] = print) -> TuneResult:
+         *, registry: RunRecorder | None = None, log: Callable[[str], Any] = print) -> TuneResult:
     """Tune the training step of `recipe` (a Recipe or a YAML path) over `space` (or its YAML path)."""
     where, base_dir = "recipe", Path.cwd()
     if isinstance(recipe, str | Path):
@@ -115,7 +115,6 @@ def tune(recipe: Any, space: SearchSpace | str | Path | dict[str, Any], config: 
         space = SearchSpace.from_dict(space)
     job = job_from_recipe(recipe, space, config or TuneConfig(), base_dir, registry, log, where)
     result = run_job(job, log)
-    if registry is not None:
-        registry.record("tune", job.model, {"best_values": result.best_values, "counts": result.counts},
+    (registry or NullRecorder()).record("tune", job.model, {"best_values": result.best_values, "counts": result.counts},
                         task=job.target, config={"best_params": result.best_params, **job.tune.to_dict()})
     return result

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from lmopt.compress.config import CalibrationConfig
+from lmopt.compress.prune.math import parse_pattern
 from lmopt.compress.prune.recovery import RecoveryConfig
 from lmopt.configs import Config, method_union
 
@@ -33,14 +34,10 @@ class _SparsityFields(Config):
     @field_validator("pattern")
     @classmethod
     def _check_pattern(cls, value: str | None) -> str | None:
-        from lmopt.compress.prune.math import parse_pattern
-
         parse_pattern(value)  # ValueError -> a validation error naming the field
         return value
 
     def target_sparsity(self) -> float:
-        from lmopt.compress.prune.math import parse_pattern
-
         nm = parse_pattern(self.pattern)
         return 1 - nm[0] / nm[1] if nm else self.sparsity
 

@@ -19,6 +19,7 @@ from lmopt.compress.quantize.apply import _set_module, prepare_runtime, quant_la
 from lmopt.compress.quantize.runtime import QuantLinear
 from lmopt.errors import LmoptError
 from lmopt.models.card import ModelCard
+from lmopt.models.save import save_model
 
 FORMAT = "lmopt-quantized"
 WEIGHTS = "model.safetensors"
@@ -59,8 +60,6 @@ def save_weights(model: Any, directory: Path) -> None:
 
 def save_quantized(model: Any, tokenizer: Any, directory: str | Path, card: ModelCard | None = None) -> Path:
     """Save a quantized model atomically (card.format = lmopt-quantized)."""
-    from lmopt.models.save import save_model
-
     card = card or ModelCard()
     card.format = FORMAT
     card.format_info = {**card.format_info, **format_info(model)}
@@ -127,8 +126,6 @@ def dequantized_copy(model: Any) -> Any:
 def export_hf(model: Any, tokenizer: Any, directory: str | Path, card: ModelCard | None = None) -> Path:
     """Save the de-quantized model as a plain HF directory (any tool reads it; no size saving)."""
     import copy
-
-    from lmopt.models.save import save_model
 
     plain = dequantized_copy(copy.deepcopy(model))
     card = card or ModelCard()
