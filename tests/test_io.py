@@ -53,3 +53,18 @@ def test_size_on_disk_counts_weight_files_only(tmp_path):
     (tmp_path / "sub" / "extra.bin").write_bytes(b"x" * 500_000)
     (tmp_path / "config.json").write_text("{}" * 1000)
     assert size_on_disk_mb(tmp_path) == 2.0 and size_on_disk_mb(None) is None
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    import os
+
+    from lmopt.io import atomic_directory, write_json
+
+    mask = os.umask(0o022)
+    try:
+        path = write_json(tmp_path / "a.json", {"x": 1})
+        made = atomic_directory(tmp_path / "d", lambda tmp: (tmp / "f").write_text("y"))
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+    assert made.stat().st_mode & 0o777 == 0o755

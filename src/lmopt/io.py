@@ -31,6 +31,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
+    tmp.chmod(0o666 & ~_umask())  # mkstemp makes 0600; the result should read like any file the user writes
     try:
         yield tmp
         os.replace(tmp, path)
@@ -79,6 +80,7 @@ def atomic_directory(target: str | Path, write: Callable[[Path], None]) -> Path:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700
     try:
         write(tmp)
         return move_into_place(tmp, target)
@@ -93,3 +95,9 @@ def size_on_disk_mb(path: str | Path | None) -> float | None:
         return None
     files = [p for p in Path(path).rglob("*") if p.suffix in WEIGHT_SUFFIXES]
     return round(sum(p.stat().st_size for p in files) / 1e6, 2)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
