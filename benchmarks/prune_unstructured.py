@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--calib-samples", type=int, default=32)
     ap.add_argument("--calib-seq-len", type=int, default=512)
     ap.add_argument("--calib-source", default="pydoc-train")
-    ap.add_argument("--patterns", default="50%,2:4", help="Comma list of 50% (unstructured) and N:M.")
+    ap.add_argument("--patterns", default="50%,2:4", help="Comma list of 50%% (unstructured) and N:M.")
     ap.add_argument("--methods", default="magnitude,wanda,sparsegpt")
     ap.add_argument("--eval-dtype", default="bfloat16", choices=["bfloat16", "float32"])
     ap.add_argument("--data-dir", default="/work/shared/data")
