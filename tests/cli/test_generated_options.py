@@ -160,8 +160,9 @@ def test_every_field_from_recipe_and_cli(verb, monkeypatch):
     # and `student`, which excludes the `student_layers` every distill case carries
     missing = leaves - {(m, p) for m, p, _ in cases}
     assert missing <= {("w8a8", "bits"), ("w8a8", "sym"), (None, "student")}, missing
+    reserved = (cli_steps.COMMON - ({"output"} if verb.output == "none" else set())) | {cli_steps.INPUTS[verb.input]}
     flags = {opt.field.path: opt for opt in cli_steps.config_options(
-        verb.config, verb.aliases, cli_steps.COMMON | {f.replace("-", "_") for f in verb.switches})}
+        verb.config, verb.aliases, reserved | {f.replace("-", "_") for f in verb.switches})}
     for method, path, value in cases:
         from_recipe = parse_config(verb.config, merge(base_fields(verb, method), nest(path, value)), where="recipe")
         via_set = run_cli(cli_args(verb, method) + ["--set", f"{path}={as_text(value)}"], monkeypatch)

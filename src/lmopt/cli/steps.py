@@ -32,9 +32,10 @@ from lmopt.pipeline import one_step_recipe, run_recipe
 from lmopt.report import results_table, speed_table
 from lmopt.train.config import DistillStepConfig, FinetuneStepConfig
 
-COMMON = {"output", "config", "set", "data_dir", "dtype", "registry", "json_out", "eval", "eval_limit",
-          "workdir", "input", "model", "teacher"}
+COMMON = {"output", "config", "set", "data_dir", "dtype", "registry", "json_out", "eval", "eval_limit", "workdir"}
 """Parameter names of the options every verb has; a config field of the same name takes `--set`."""
+INPUTS = {"model": "model", "teacher": "teacher", "dataset": "input"}
+"""The parameter name of each kind of input (a config field named like the verb's input takes `--set`)."""
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,7 @@ def add_verb(app: typer.Typer, verb: Verb, summary: str) -> None:
     """Register `verb` on `app` with options generated from its config."""
     # a verb without a model/dataset result gives --output to its config (export: the file it writes)
     common = COMMON - {"output"} if verb.output == "none" else COMMON
-    reserved = common | {flag.replace("-", "_") for flag in verb.switches}
+    reserved = common | {INPUTS[verb.input]} | {flag.replace("-", "_") for flag in verb.switches}
     options: list[FieldOption] = config_options(verb.config, verb.aliases, reserved)
     methods = len(union_members(verb.config))
     params = _common_parameters(verb) + as_parameters(options, methods, verb.short)
