@@ -5,6 +5,9 @@ Lifecycle: records stream from the reader in chunks; worker processes do the per
 signatures); the main process applies the order-dependent deduplication (the first of a cluster is
 kept), writes kept rows and fills the report. At most `2 * workers` chunks are in flight, so memory
 stays constant apart from the dedup indexes.
+
+`engine: ray` runs the same per-document work and the same deduplication on a Ray cluster
+(`lmopt.data.ray_engine`), with the same output row for row.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from lmopt.data.load import BadRows, Record, RecordStream, open_records
 from lmopt.data.normalize import canonical_words, normalize_text, word_hashes
 from lmopt.data.parallel import map_chunks
 from lmopt.data.pii import scrub_pii
-from lmopt.data.report import CleanReport
+from lmopt.data.report import SNIPPET, CleanReport
 from lmopt.data.write import JsonlWriter, record_row
 
 
@@ -168,14 +171,13 @@ def clean(data: str | Path | Iterable[Any], config: CleanConfig | None = None, *
 
     cfg = config or CleanConfig()
     started = time.time()
+    if cfg.engine == "ray":
+        from lmopt.data.ray_engine import clean_on_ray  # lazy: imports ray (optional); it imports this module
+
+        report, index = start_report(data, cfg, data_dir)
+        return _finish(clean_on_ray(data, cfg, report, index, output), started, report_dir)
     records = as_records(data, cfg.text_field)
-    report = CleanReport(source=str(data) if isinstance(data, str | Path) else "<records>",
-                         max_examples=cfg.examples)
-    index = build_index(cfg.decontaminate, data_dir, cfg.decontaminate_ngram, cfg.decontaminate_min_words) \
-        if cfg.decontaminate else None
-    if index is not None:
-        report.decontamination = {"sets": index.items, "skipped_short_items": index.skipped,
-                                  "ngram": index.n, "ngrams_indexed": index.size}
+    report, index = start_report(data, cfg, data_dir)
     dedup = _Deduper(cfg)
     rows: list[dict[str, Any]] | None = [] if output is None else None
     sinks = _Sinks(output, cfg.keep_removed)
@@ -184,7 +186,7 @@ def clean(data: str | Path | Iterable[Any], config: CleanConfig | None = None, *
         for docs in chunks:
             dedup.check(docs)
             for doc in docs:
-                _account(report, doc)
+                account(report, figures(doc), doc.reason, doc.detail)
                 row = record_row(doc.record)
                 if doc.reason is None:
                     rows.append(row) if rows is not None else sinks.kept.write(row)
@@ -193,25 +195,63 @@ def clean(data: str | Path | Iterable[Any], config: CleanConfig | None = None, *
                                          "row": row})
             advance(len(docs))
     report.bad_rows = records.bad.to_dict()
-    report.seconds = time.time() - started
+    return _finish(CleanResult(report, rows, Path(output) if output else None), started, report_dir)
+
+
+def start_report(data: Any, cfg: CleanConfig, data_dir: str | Path | None) -> tuple[CleanReport, EvalIndex | None]:
+    """The empty report of a run and the evaluation index it decontaminates against (None: no sets)."""
+    report = CleanReport(source=str(data) if isinstance(data, str | Path) else "<records>",
+                         max_examples=cfg.examples)
+    index = build_index(cfg.decontaminate, data_dir, cfg.decontaminate_ngram, cfg.decontaminate_min_words) \
+        if cfg.decontaminate else None
+    if index is not None:
+        report.decontamination = {"sets": index.items, "skipped_short_items": index.skipped,
+                                  "ngram": index.n, "ngrams_indexed": index.size}
+    return report, index
+
+
+def _finish(result: CleanResult, started: float, report_dir: str | Path | None) -> CleanResult:
+    result.report.seconds = time.time() - started
     if report_dir is not None:
-        report.write(report_dir)
-    return CleanResult(report, rows, Path(output) if output else None)
+        result.report.write(report_dir)
+    return result
 
 
-def _account(report: CleanReport, doc: Processed) -> None:
+@dataclass(slots=True)
+class DocFigures:
+    """What the report counts of one document (the Ray engine ships these between processes)."""
+
+    line: int
+    words_before: int
+    words_after: int
+    """Words of the text as processed (counted for kept rows)."""
+    boilerplate: int
+    normalized: bool
+    pii: dict[str, int]
+    snippet: str
+    """The processed text cut just past the report's example length (examples of removed rows)."""
+
+
+def figures(doc: Processed) -> DocFigures:
+    text = doc.record.text
+    return DocFigures(doc.record.line, doc.words_before, len(text.split()), doc.boilerplate, doc.normalized,
+                      doc.pii, text[:SNIPPET + 1])
+
+
+def account(report: CleanReport, fig: DocFigures, reason: str | None, detail: str | None) -> None:
+    """Count one document (in stream order) into the report: kept, or removed for `reason`."""
     report.rows_in += 1
-    report.add_length(doc.words_before, after=False)
-    report.boilerplate_lines += doc.boilerplate
-    report.rows_normalized += doc.normalized
-    if doc.reason is not None:
-        report.remove(doc.reason, doc.record.line, doc.record.text, doc.detail)
+    report.add_length(fig.words_before, after=False)
+    report.boilerplate_lines += fig.boilerplate
+    report.rows_normalized += fig.normalized
+    if reason is not None:
+        report.remove(reason, fig.line, fig.snippet, detail)
         return
     report.rows_out += 1
-    report.add_length(len(doc.record.text.split()), after=True)
-    if doc.pii:
+    report.add_length(fig.words_after, after=True)
+    if fig.pii:
         report.rows_with_pii += 1
-        for kind, n in doc.pii.items():
+        for kind, n in fig.pii.items():
             report.pii[kind] = report.pii.get(kind, 0) + n
 
 

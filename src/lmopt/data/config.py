@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from lmopt.configs import Config
 
@@ -91,13 +91,29 @@ class CleanConfig(Config):
     decontaminate_min_words: int = Field(default=8, ge=1)
     """Evaluation items shorter than `decontaminate_ngram` words are matched whole if at least this long."""
     workers: int = Field(default=0, ge=0)
-    """Processes for the per-document work; 0 = one per CPU core (at most 8), 1 = in this process."""
+    """Processes for the per-document work; 0 = one per CPU core (at most 8), 1 = in this process.
+    With `engine: ray`: Ray workers; 0 = one per CPU of the cluster."""
     chunk_size: int = Field(default=256, ge=1)
     """Documents sent to a worker at a time."""
+    engine: Literal["local", "ray"] = "local"
+    """`local`: processes on this machine. `ray`: Ray Data on a Ray cluster (`pip install 'lmopt[ray]'`):
+    input shards read in parallel, exact and MinHash dedup across shards by shuffles on the hash and
+    band keys; the output equals the local engine's row for row. No semantic dedup."""
+    address: str | None = None
+    """Ray cluster to join (`auto`, `HOST:6379`, `ray://HOST:10001`); None = start a local one (`ray`
+    engine only). Every node needs lmopt installed and the input path readable."""
     examples: int = Field(default=5, ge=0)
     """Removed documents kept as examples in the report, per reason."""
     keep_removed: bool = False
     """Also write the removed rows, each with its reason, to `removed.jsonl` beside the output."""
+
+    @model_validator(mode="after")
+    def _engine_options(self) -> CleanConfig:
+        if self.engine == "ray" and self.dedup.mode == "semantic":
+            raise ValueError("dedup.mode: semantic deduplication runs on the local engine only (engine: local)")
+        if self.address is not None and self.engine != "ray":
+            raise ValueError("address: joins a Ray cluster, which only `engine: ray` uses")
+        return self
 
 
 class AugmentConfig(Config):
