@@ -140,3 +140,50 @@ def test_missing_ray_and_bad_options(docs, monkeypatch):
         CleanConfig.parse({"engine": "ray", "dedup": {"mode": "semantic", "embed_model": "x"}})
     with pytest.raises(LmoptError, match="address: joins a Ray cluster"):
         CleanConfig.parse({"address": "auto"})
+
+
+def test_address_joins_a_running_cluster(docs, tmp_path):
+    """A head node started with `ray start`, joined by address from a fresh process (as the CLI does)."""
+    import contextlib
+    import os
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import tempfile
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
+    head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+            assert head.poll() is None, f"ray start --head exited: {head.stderr.read()[-1000:]}"
+            assert time.time() < deadline, "ray start --head did not come up in 2 minutes"
+            time.sleep(0.5)
+        data = tmp_path / "in.jsonl"
+        data.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs + docs[:5]))
+        script = ("import sys; from lmopt.data.clean import clean; from lmopt.data.config import CleanConfig; "
+                  "r = clean(sys.argv[1], CleanConfig(engine='ray', address=sys.argv[2], quality={'min_words': 20})); "
+                  "print(len(r.rows), r.report.removed)")
+        host = socket.gethostbyname(socket.gethostname())
+        done = subprocess.run([sys.executable, "-c", script, str(data), f"{host}:{port}"], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip().splitlines()[-1] == f"{len(docs)} {{'exact_duplicate': 5}}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGTERM)  # the head and the processes it started, nothing else
+            try:
+                head.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)

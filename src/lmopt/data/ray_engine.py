@@ -86,7 +86,8 @@ def _cluster(cfg: CleanConfig) -> Iterator[int]:
                 ray.init(address=cfg.address, **options)
             except Exception as exc:  # ConnectionError ('auto' found none), ValueError (ray:// without the client)
                 raise LmoptError(f"address '{cfg.address}': could not join the Ray cluster "
-                                 f"({str(exc).splitlines()[0]})") from None
+                                 f"({str(exc).splitlines()[0]}; a cluster with token authentication, "
+                                 "Ray's default, needs RAY_AUTH_MODE=token here)") from None
     try:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         yield min(cfg.workers or cpus, cpus)
@@ -252,8 +253,9 @@ def _write(processed: Any, dups: tuple[np.ndarray, np.ndarray, np.ndarray], cfg:
     from lmopt.progress import progress_bar  # lazy: as in clean
 
     rows: list[dict[str, Any]] | None = [] if output is None else None
-    dup_order, dup_code, dup_of = (x.tolist() for x in dups)
+    dup_order, dup_code, dup_of = dups
     next_dup, last = 0, -1
+    next_order = int(dup_order[0]) if len(dup_order) else -1
     with ExitStack() as stack, progress_bar("clean", None) as advance:
         kept = stack.enter_context(atomic_open(output)) if output else None
         removed = stack.enter_context(atomic_open(Path(output).parent / "removed.jsonl")) \
@@ -267,9 +269,10 @@ def _write(processed: Any, dups: tuple[np.ndarray, np.ndarray, np.ndarray], cfg:
                     bad.add(line, batch["bad"][i])
                     continue
                 reason, detail = batch["reason"][i] or None, batch["detail"][i] or None
-                if next_dup < len(dup_order) and dup_order[next_dup] == order:
-                    reason, detail = REASONS[dup_code[next_dup]], f"of line {dup_of[next_dup]}"
+                if order == next_order:
+                    reason, detail = REASONS[int(dup_code[next_dup])], f"of line {int(dup_of[next_dup])}"
                     next_dup += 1
+                    next_order = int(dup_order[next_dup]) if next_dup < len(dup_order) else -1
                 pii = batch["pii"][i]
                 fig = DocFigures(line, int(batch["words_before"][i]), int(batch["words_after"][i]),
                                  int(batch["boilerplate"][i]), bool(batch["normalized"][i]),
