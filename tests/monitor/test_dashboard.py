@@ -123,3 +123,21 @@ def test_the_page_renders_in_a_headless_browser(config, tmp_path):
     assert "<h1>lmopt dashboard</h1>" in dom, result.stderr[-2000:]
     assert 'data-plots="loaded"' in dom  # every <img> (the matplotlib plots) decoded by the browser
     assert "@production" in dom and "lmopt_running_requests" in dom and "better answer" in dom
+
+
+def test_cli_dashboard_options(monkeypatch, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    import lmopt.monitor.dashboard as dashboard
+    from lmopt.cli.monitoring import register
+
+    seen = {}
+    monkeypatch.setattr(dashboard, "serve_dashboard", lambda config, log: seen.setdefault("config", config))
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, ["dashboard", "--port", "8123", "--metrics-url", "http://127.0.0.1:8000/metrics",
+                                      "--registry", f"sqlite:///{tmp_path / 'r.db'}"])
+    assert result.exit_code == 0, result.output
+    assert seen["config"].port == 8123 and seen["config"].host == "127.0.0.1"
+    assert seen["config"].metrics_url.endswith("/metrics")

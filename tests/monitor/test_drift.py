@@ -282,3 +282,51 @@ def test_monitor_thread_runs_checks_and_survives_errors(store, tmp_path):
     finally:
         monitor.stop()
     assert monitor.last_report is not None and monitor.last_report.n_current == 1
+
+
+# --- the CLI ----------------------------------------------------------------------------------------
+
+
+def cli(args: list[str]) -> tuple[int, str]:
+    """Run `lmopt ...` as `lmopt.cli.main` does: (exit status, output); an LmoptError is status 2."""
+    import typer
+    from typer.testing import CliRunner
+
+    from lmopt.cli.monitoring import register
+
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, args)
+    if isinstance(result.exception, LmoptError):
+        return 2, str(result.exception)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+def test_cli_drift_between_files(tmp_path):
+    def write(name, prompts):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+        return str(path)
+
+    ref = write("ref.jsonl", [f"Does aspirin reduce fever in patient group {i}?" for i in range(80)])
+    same = write("same.jsonl", [f"Does aspirin reduce fever in patient group {i}?" for i in range(80, 140)])
+    shifted = write("py.jsonl", [f"How do I write a Python generator that yields {i} items lazily?" for i in range(60)])
+    status, _ = cli(["monitor", "drift", "--reference", ref, "--current", same])
+    assert status == 0
+    out = tmp_path / "report.json"
+    registry = f"sqlite:///{tmp_path / 'reg.db'}"
+    status, text = cli(["monitor", "drift", "--reference", ref, "--current", shifted, "--token-js", "0.05",
+                        "--set", "min_requests=10", "--json", str(out), "--record", "--registry", registry])
+    assert status == 1 and "ALERT" in text
+    saved = json.loads(out.read_text())
+    assert "token_js" in saved["alerts"] and saved["config"]["min_requests"] == 10
+    assert Registry(registry).query(kind="drift")[0]["metrics"]["alerts"] == saved["alerts"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n")
+    assert cli(["monitor", "drift", "--reference", ref, "--current", str(bad)])[0] == 2
+    status, message = cli(["monitor", "drift", "--reference", ref, "--current", "last:x"])
+    assert status == 2 and "window 'last:x'" in message
+    status, message = cli(["monitor", "drift", "--reference", ref, "--current", same, "--set", "vocab=0"])
+    assert status == 2 and "vocab" in message

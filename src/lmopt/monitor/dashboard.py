@@ -20,10 +20,9 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, Response
-from pydantic import Field
 
-from lmopt.configs import Config
 from lmopt.monitor import dashboard_data as data
+from lmopt.monitor.config import DashboardConfig
 from lmopt.monitor.drift import DriftConfig
 from lmopt.monitor.registry import Registry
 from lmopt.monitor.traffic import TrafficStore
@@ -36,24 +35,6 @@ nav a{margin-right:1em}img{max-width:100%}"""
 # Marks the page once every plot has loaded (the headless-browser test reads it from the DOM).
 PLOTS_LOADED = """<script>window.addEventListener('load',()=>{const i=[...document.images];
 document.body.dataset.plots=i.every(x=>x.complete&&x.naturalWidth>0)?'loaded':'broken';});</script>"""
-
-
-class DashboardConfig(Config):
-    """Where the dashboard reads from and where it listens."""
-
-    registry: str | None = None
-    """SQLAlchemy URL of the registry (default: $LMOPT_REGISTRY, else SQLite in $LMOPT_HOME)."""
-    traffic: str | None = None
-    """SQLAlchemy URL of the traffic store, for feedback (None: $LMOPT_TRAFFIC if set, else no feedback)."""
-    metrics_url: str | None = None
-    """A server's Prometheus endpoint to show live figures from (e.g. http://127.0.0.1:8000/metrics)."""
-    host: str = "127.0.0.1"
-    """Interface to listen on (loopback by default: the page has no authentication)."""
-    port: int = Field(default=8050, ge=0, le=65535)
-    refresh_s: int = Field(default=30, ge=0)
-    """Seconds between page reloads (0: never)."""
-    examples: int = Field(default=5, ge=0)
-    """Feedback examples shown per rating sign."""
 
 
 def _when(ts: float | None) -> str:

@@ -25,13 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
-
-from lmopt.configs import Config
-from lmopt.data.config import CleanConfig, PIIConfig, QualityConfig
 from lmopt.errors import LmoptError
 from lmopt.io import atomic_write_text
 from lmopt.models.card import content_hash
+from lmopt.monitor.config import ImproveConfig
 from lmopt.monitor.gate import check
 from lmopt.monitor.gate_report import GateReport
 from lmopt.monitor.improve_data import feedback_rows, rated_window, write_rows
@@ -42,7 +39,6 @@ from lmopt.monitor.suite import Suite, load_suite
 from lmopt.monitor.traffic import TrafficStore
 from lmopt.settings import default_data_dir, lmopt_home
 from lmopt.step import get_step
-from lmopt.train.config import FinetuneStepConfig
 
 RunRecipe = Callable[[dict[str, Any], Path, Callable[[str], Any]], dict[str, Any]]
 """`run(recipe_map, base_dir, log) -> summary`: `lmopt.pipeline.run_recipe` on `Recipe.parse(recipe_map)`.
@@ -50,48 +46,6 @@ Passed in by the caller because `lmopt.monitor` sits below `lmopt.pipeline` in t
 
 COMPRESSION_STEPS = ("quantize", "prune")
 """Steps whose output is a compressed copy of their input: replayed after fine-tuning the input."""
-
-
-def default_clean() -> CleanConfig:
-    """Chat rows are short: Gopher's document-quality rules are off; dedup, PII and decontamination on."""
-    return CleanConfig(quality=QualityConfig(enabled=False), pii=PIIConfig(enabled=True), workers=1)
-
-
-def default_finetune() -> FinetuneStepConfig:
-    return FinetuneStepConfig(method="lora", format="chat", lora_r=16, lora_alpha=32, lr=2e-4, epochs=2,
-                              seq_len=512, batch_size=4, val_fraction=0.1, max_minutes=60, save_every=50)
-
-
-class ImproveConfig(Config):
-    """What `lmopt improve` does; every field has a default except the feedback window's store."""
-
-    model: str = "@production"
-    """The model to improve: `@alias`, a registered hash or a local model directory."""
-    alias: str = "production"
-    """The alias the gate compares against and that is promoted on a pass."""
-    feedback: str = "days:7"
-    """Ratings to learn from: last:N, hours:H, days:D or range:START..END (time of the rating)."""
-    suite: str = "quick"
-    """The regression suite file (or `quick`)."""
-    min_rating: float = Field(default=0.5, ge=-1, le=1)
-    """Responses rated at least this are kept as served (ratings run from -1 to 1)."""
-    corrections: bool = True
-    """Users' corrected answers become training rows (whatever the rating)."""
-    min_rows: int = Field(default=16, ge=1)
-    """Fewer training rows than this after cleaning: stop without training."""
-    decontaminate_suite: bool = True
-    """Add the suite's tasks and perplexity texts to `clean.decontaminate`."""
-    require_better: list[str] = Field(default_factory=list)
-    """Gate metrics (names as in the gate report, e.g. `perplexity/heldout.jsonl`) that must also
-    improve beyond their confidence interval for a promotion; empty: passing the gate is enough."""
-    replay: bool = True
-    """Re-apply the compression steps recorded in the model's lineage after fine-tuning."""
-    clean: CleanConfig = Field(default_factory=default_clean)
-    finetune: FinetuneStepConfig = Field(default_factory=default_finetune)
-    data_dir: str | None = None
-    """Evaluation data dir (shared/data layout) for the suite and decontamination."""
-    workdir: str | None = None
-    """Where the data, step outputs and gate results are kept (default `$LMOPT_HOME/improve`)."""
 
 
 @dataclass
