@@ -85,8 +85,6 @@ def test_a_killed_workers_trial_is_replayed_once_on_resume(pg_url, tmp_path):  #
     assert result.counts == {"complete": sum(t.state == DONE for t in trials), "fail": 1}
 
 
-@pytest.mark.xfail(strict=True, reason="until lmopt.database.create_checked_engine/check_database is called "
-                                       "in tune.study._storage (the lead wires it; then drop this mark)")
 def test_unreachable_storage_is_one_line_naming_what_to_start(tmp_path):
     job = pg_job("postgresql://me:secret@127.0.0.1:1/lmopt", tmp_path, workers=1)
     with pytest.raises(LmoptError) as err:

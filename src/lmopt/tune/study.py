@@ -25,6 +25,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from lmopt.database import check_database, masked
 from lmopt.errors import LmoptError
 from lmopt.tune.config import TuneConfig, TuneJob
 from lmopt.tune.objective import make_objective
@@ -51,7 +52,7 @@ def _pruner(cfg: TuneConfig) -> Any:
 
 
 def _storage(job: TuneJob) -> Any:
-    url = job.storage_url()
+    url = check_database(job.storage_url(), "tune storage")  # one line for a missing driver or server
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:"):
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -64,7 +65,7 @@ def _storage(job: TuneJob) -> Any:
                                               grace_period=4 * job.tune.heartbeat_s,
                                               heartbeat_stale_trial_callback=requeue)
         except Exception as exc:  # bad URL, missing driver, unreachable server
-            raise LmoptError(f"storage '{url}': {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+            raise LmoptError(f"storage '{masked(url)}': {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
 
 
 def open_study(job: TuneJob, worker: int = 0) -> Any:
