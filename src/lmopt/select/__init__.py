@@ -1,0 +1,1 @@
+"""Choosing for the user: searching pipelines under constraints (optimize), model families (select), hardware (plan)."""
