@@ -47,3 +47,12 @@ def test_hw_reports_bandwidth(tmp_path):
     assert res.returncode == 0, res.stderr
     info = json.loads(out.read_text())
     assert info["bandwidth_gbs"] > 0 and info["dtype"] in ("float32", "bfloat16", "float16")
+
+
+def test_the_cli_starts_without_torch():
+    """`lmopt --help` and config validation import no torch, transformers, optuna or matplotlib."""
+    code = ("import sys, lmopt.cli; heavy = [m for m in ('torch', 'transformers', 'optuna', 'matplotlib') "
+            "if m in sys.modules]; print(heavy)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"

@@ -10,11 +10,11 @@ from __future__ import annotations
 import sys
 
 import typer
-from rich.console import Console
 
-from lmopt.cli import serve, steps, tune, views
+from lmopt import cli_monitor
+from lmopt.cli import monitoring, serve, steps, tune, views
 from lmopt.errors import LmoptError
-from lmopt.report import models_table
+from lmopt.monitor import enable_alias_references
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make a pretrained language model better and cheaper, every step measured.")
@@ -22,21 +22,17 @@ data_app = typer.Typer(no_args_is_help=True, help="Clean, deduplicate, decontami
 app.add_typer(data_app, name="data")
 
 
-@app.command("models")
-def models_cmd() -> None:
-    """List the embedded model and the models converted or produced in the cache."""
-    Console().print(models_table())
-
-
 steps.register(app, data_app)
 views.register(app, data_app)
 serve.register(app)
 tune.register(app)
-
+cli_monitor.register(app)
+monitoring.register(app)
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning LmoptError into one line and exit status 2."""
     try:
+        enable_alias_references()
         app(args=argv, standalone_mode=True)
     except LmoptError as exc:
         print(f"lmopt: error: {exc}", file=sys.stderr)
