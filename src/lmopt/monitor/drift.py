@@ -77,8 +77,9 @@ class DriftConfig(Config):
     """Largest KS statistic between response-length distributions."""
     bad_output: float | None = Field(default=0.10, gt=0)
     """Largest rise of the share of empty or truncated responses."""
-    feedback_rate: float | None = Field(default=0.10, gt=0)
-    """Largest change of the share of requests that got feedback."""
+    feedback_rate: float | None = Field(default=0.20, gt=0)
+    """Largest change of the share of requests that got feedback. Ratings arrive after the response,
+    so the newest requests of a window are rated less often yet: keep this loose."""
     negative_feedback: float | None = Field(default=0.15, gt=0)
     """Largest rise of the share of ratings below zero."""
     loss_prompts: int = Field(default=200, ge=1)
