@@ -251,3 +251,10 @@ def test_cli_improve(setup, tmp_path):
     assert status == 2 and "no rated responses" in message
     status, message = cli(["improve", *common, "--set", "finetune.bogus=1", "--dry-run"])
     assert status == 2 and "finetune.bogus" in message
+
+
+def test_the_shipped_recipe_form_parses():
+    from importlib.resources import files
+
+    config = ImproveConfig.from_yaml(str(files("lmopt") / "recipes" / "improve-pubmed.yaml"))
+    assert config.model == "@production" and config.finetune.method == "lora" and config.clean.pii.enabled
