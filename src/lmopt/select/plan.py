@@ -1,0 +1,213 @@
+"""`plan(model, hardware, context, batch)`: does the model fit, how fast, at what cost, in which format.
+
+For each format (fp32, bf16, int8, int4) on the target: weights + KV cache + activations against the
+usable memory, roofline prefill and decode tokens/s (`roofline.py`), cost per million input and output
+tokens at the target's hourly price, and the recommended format: the most precise of bf16 / int8 / int4
+that fits (fp32 only when nothing smaller is asked for; it doubles memory for no quality gain in
+inference), with the fastest fitting format named beside it.
+
+On this machine (`hardware="this"`) the plan also measures: it calibrates the per-step overhead and the
+achieved bandwidth (`calibrate.py`, from tiny models and the fp32 model) and measures batch-1 decode in
+bf16, so the calibrated estimate, the pure roofline and the measurement stand side by side.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from pydantic import Field
+
+from lmopt.configs import Config
+from lmopt.hardware import detect_hardware
+from lmopt.models import LoadedModel, load_model
+from lmopt.select.calibrate import (
+    Calibration,
+    calibrate,
+    load_calibration,
+    measure_decode,
+    measured_context,
+    store_calibration,
+)
+from lmopt.select.hardware_table import THIS_MACHINE, Target, get_target, with_price
+from lmopt.select.model_shape import ModelShape, model_shape
+from lmopt.select.roofline import (
+    GB,
+    cost_per_million,
+    decode_tokens_per_s,
+    make_format,
+    memory,
+    prefill_tokens_per_s,
+)
+
+FormatName = Literal["fp32", "bf16", "int8", "int4"]
+PREFERENCE = ("bf16", "int8", "int4", "fp32")
+MEASURABLE = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+class PlanConfig(Config):
+    """What to plan for: the target hardware, the sequence length and batch, formats, measurement."""
+
+    hardware: str = THIS_MACHINE
+    """A row of the hardware table (`lmopt.select.hardware_table.TARGETS`), or `this` (measured here)."""
+    context: int = Field(default=2048, ge=1)
+    """Tokens per sequence (prompt + output) the KV cache must hold."""
+    batch: int = Field(default=1, ge=1)
+    """Sequences served together."""
+    formats: list[FormatName] = Field(default_factory=lambda: ["fp32", "bf16", "int8", "int4"])
+    """Number formats to plan: fp32, bf16, int8 (W8A8, per-channel scales), int4 (weight-only, grouped)."""
+    group_size: int = Field(default=128, ge=8)
+    """int4 weights per group (one fp16 scale and a 4-bit zero point each)."""
+    price_per_hour: float | None = Field(default=None, gt=0)
+    """USD per device-hour, replacing the table's (which is a dated list price)."""
+    threads: int | None = Field(default=None, ge=1)
+    """Torch threads for the measurements on this machine (default: lmopt's, the physical cores)."""
+    measure: bool = True
+    """On `this` hardware: calibrate and measure batch-1 decode (fp32 and bf16; about a minute)."""
+    new_tokens: int = Field(default=32, ge=4)
+    """Tokens generated per measured decode run."""
+
+
+@dataclass
+class PlanRow:
+    format: str
+    weights_gb: float
+    kv_cache_gb: float
+    activations_gb: float
+    total_gb: float
+    usable_gb: float
+    fits: bool
+    prefill_tok_s: float
+    decode_tok_s: float
+    """Pure roofline at `context` tokens of KV cache and the plan's batch."""
+    decode_tok_s_calibrated: float | None = None
+    """With this machine's measured overhead and bandwidth share (calibrate.py), same point."""
+    cost_per_m_input: float | None = None
+    cost_per_m_output: float | None = None
+    measured_decode_tok_s: float | None = None
+    """Batch-1 decode measured here (benchmark_speed), at `measured_context` tokens of KV cache."""
+    estimate_at_measured: float | None = None
+    """The calibrated estimate at the measurement's batch (1) and context."""
+    roofline_at_measured: float | None = None
+    error_pct: float | None = None
+    """(calibrated estimate - measured) / measured, in percent."""
+    roofline_error_pct: float | None = None
+
+
+@dataclass
+class PlanResult:
+    model: dict[str, Any]
+    target: dict[str, Any]
+    context: int
+    batch: int
+    rows: list[PlanRow]
+    recommended: str | None
+    fastest: str | None
+    calibration: dict[str, Any] | None = None
+    measured_context: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def row(self, fmt: str) -> PlanRow:
+        return next(r for r in self.rows if r.format == fmt)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _row(shape: ModelShape, fmt_name: str, target: Target, cfg: PlanConfig,
+         calibration: Calibration | None) -> PlanRow:
+    fmt = make_format(fmt_name, cfg.group_size)
+    mem = memory(shape, fmt, target, cfg.context, cfg.batch)
+    prefill = prefill_tokens_per_s(shape, fmt, target, cfg.context, cfg.batch)
+    decode = decode_tokens_per_s(shape, fmt, target, cfg.context, cfg.batch)
+    row = PlanRow(fmt_name, round(mem.weights / GB, 4), round(mem.kv_cache / GB, 4), round(mem.activations / GB, 4),
+                  round(mem.total / GB, 4), round(mem.usable / GB, 2), mem.fits, round(prefill, 1), round(decode, 2))
+    if calibration is not None:
+        calibrated = decode_tokens_per_s(shape, fmt, target, cfg.context, cfg.batch,
+                                         overhead_s=calibration.overhead_s(shape.layers),
+                                         bandwidth_efficiency=calibration.efficiency_of(fmt_name))
+        row.decode_tok_s_calibrated = round(calibrated, 2)
+    best_decode = row.decode_tok_s_calibrated or decode
+    row.cost_per_m_input = _round(cost_per_million(target.price_per_hour, prefill))
+    row.cost_per_m_output = _round(cost_per_million(target.price_per_hour, best_decode))
+    return row
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def _compare(row: PlanRow, shape: ModelShape, target: Target, calibration: Calibration, measured: float,
+             context: int) -> None:
+    fmt = make_format(row.format)
+    estimate = decode_tokens_per_s(shape, fmt, target, context, 1, overhead_s=calibration.overhead_s(shape.layers),
+                                   bandwidth_efficiency=calibration.efficiency_of(row.format))
+    roof = decode_tokens_per_s(shape, fmt, target, context, 1)
+    row.measured_decode_tok_s = round(measured, 2)
+    row.estimate_at_measured, row.roofline_at_measured = round(estimate, 2), round(roof, 2)
+    row.error_pct = round(100 * (estimate - measured) / measured, 1)
+    row.roofline_error_pct = round(100 * (roof - measured) / measured, 1)
+
+
+def _measure_here(model: str | LoadedModel | Any, shape: ModelShape, target: Target, cfg: PlanConfig,
+                  threads: int, rows: list[PlanRow]) -> tuple[Calibration, int]:
+    """Calibrate from microbenchmarks, then measure the model itself in fp32 and bf16 (the check)."""
+    calibration = calibrate(shape, target, threads, cfg.new_tokens)
+    store_calibration(calibration)
+    context = measured_context(cfg.new_tokens)
+    for row in rows:
+        if row.format in MEASURABLE:
+            rate = measure_decode(_loaded_as(model, MEASURABLE[row.format]), threads, cfg.new_tokens)
+            _compare(row, shape, target, calibration, rate, context)
+    return calibration, context
+
+
+def _loaded_as(model: str | LoadedModel | Any, dtype: str) -> LoadedModel:
+    """The model in `dtype`: loaded from its reference, or a cast copy of an in-memory model."""
+    if not isinstance(model, LoadedModel):
+        return load_model(model, dtype=dtype)
+    import torch  # lazy: lmopt.select is imported by the CLI at start-up; torch takes ~1 s
+
+    return LoadedModel(copy.deepcopy(model.model).to(getattr(torch, dtype)), model.tokenizer, model.ref)
+
+
+def plan(model: str | LoadedModel | Any, hardware: str | None = None, context: int | None = None,
+         batch: int | None = None, config: PlanConfig | None = None) -> PlanResult:
+    """Plan `model` (a reference, a LoadedModel or a built model) on `hardware` (see the module docstring).
+
+    `hardware`, `context` and `batch` override the config's."""
+    overrides = {k: v for k, v in {"hardware": hardware, "context": context, "batch": batch}.items() if v is not None}
+    cfg = PlanConfig.parse({**(config or PlanConfig()).to_dict(), **overrides}, where="plan")
+    threads = cfg.threads or detect_hardware().threads
+    here = cfg.hardware.strip().lower() == THIS_MACHINE
+    target = with_price(get_target(cfg.hardware, threads=threads), cfg.price_per_hour)
+    shape = model_shape(model)
+    calibration = None
+    if here and not cfg.measure:
+        calibration = load_calibration(threads)  # from an earlier measured plan, if any
+    rows = [_row(shape, f, target, cfg, None) for f in cfg.formats]
+    notes = [f"prices: {target.price_source}", "decode at a full KV cache of `context` tokens (the slowest step)"]
+    measured_ctx = None
+    if here and cfg.measure:
+        calibration, measured_ctx = _measure_here(model, shape, target, cfg, threads, rows)
+    if calibration is not None:
+        calibrated = {r.format: _row(shape, r.format, target, cfg, calibration) for r in rows}
+        for row in rows:
+            row.decode_tok_s_calibrated = calibrated[row.format].decode_tok_s_calibrated
+            row.cost_per_m_output = calibrated[row.format].cost_per_m_output
+        notes.append(f"calibrated on this machine ({calibration.threads} threads): overhead "
+                     f"{calibration.fixed_s * 1e3:.2f} ms + {calibration.per_layer_s * 1e3:.3f} ms/layer per step "
+                     f"(tiny models), weight streaming at {calibration.efficiency} of the copy bandwidth "
+                     f"({calibration.reference}'s matrices x one vector); the model's own decode is not used")
+    fitting = [r for r in rows if r.fits]
+    ranked = sorted(fitting, key=lambda r: PREFERENCE.index(r.format))
+    recommended = ranked[0].format if ranked else None
+    fastest = max(fitting, key=lambda r: r.decode_tok_s_calibrated or r.decode_tok_s).format if fitting else None
+    if not fitting:
+        smallest = min(rows, key=lambda r: r.total_gb)
+        notes.append(f"no format fits: the smallest ({smallest.format}) needs {smallest.total_gb:.2f} GB, "
+                     f"{smallest.usable_gb:.2f} GB usable; lower context or batch, or shard the model")
+    return PlanResult(shape.summary(), target.to_dict(), cfg.context, cfg.batch, rows, recommended, fastest,
+                      calibration.to_dict() if calibration else None, measured_ctx, notes)
+
