@@ -58,8 +58,8 @@ def table(columns: list[str], rows: list[list[Any]], empty: str = "nothing yet")
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _verdict(passed: bool | None) -> tuple[str, str]:
-    return ("html", '<span class="pass">pass</span>' if passed else '<span class="fail">FAIL</span>')
+def _verdict(good: bool | None, yes: str = "pass", no: str = "FAIL") -> tuple[str, str]:
+    return ("html", f'<span class="pass">{yes}</span>' if good else f'<span class="fail">{no}</span>')
 
 
 def summary(registry: Registry, store: TrafficStore | None, config: DashboardConfig) -> dict[str, Any]:
@@ -83,7 +83,7 @@ def _sections(s: dict[str, Any]) -> list[tuple[str, str, str]]:
         [_when(g["time"]), g["suite"], g["candidate"], g["baseline"], _verdict(g["passed"]), ", ".join(g["failed"]),
          g["seconds"]] for g in s["gates"]], "no gate runs")
     improve = table(["time", "model", "promoted", "feedback rows", "reason"], [
-        [_when(r["time"]), r["model"], _verdict(r["promoted"]), r["feedback"].get("rows"), r["reason"]]
+        [_when(r["time"]), r["model"], _verdict(r["promoted"], "yes", "no"), r["feedback"].get("rows"), r["reason"]]
         for r in s["improve"]], "no improvement runs")
     serving = s["serving"]
     if not serving.get("enabled"):
@@ -98,7 +98,8 @@ def _sections(s: dict[str, Any]) -> list[tuple[str, str, str]]:
                   f"<span class=\"{'fail' if drift['alerts'] else 'pass'}\">"
                   f"{_e(', '.join(drift['alerts']) or 'none')}</span></p>" if drift["time"] else "")
     drift_html += table(["metric", "value", "threshold", "alert", "note"], [
-        [m["name"], m["value"], m["threshold"], _verdict(not m["alert"]), m["note"]] for m in drift["latest"]],
+        [m["name"], m["value"], m["threshold"], _verdict(not m["alert"], "ok", "ALERT"), m["note"]]
+        for m in drift["latest"]],
         "no drift checks recorded (lmopt monitor drift --record, or the monitor beside the server)")
     drift_html += '<p><img src="plot/drift.png" alt="drift over time"></p>'
     return [("models", "Models and lineage", models), ("aliases", "Alias history", aliases),

@@ -6,6 +6,7 @@ plots are PNG bytes drawn with matplotlib's object API (no pyplot state, safe in
 
 from __future__ import annotations
 
+import datetime
 import io
 import re
 import time
@@ -133,7 +134,8 @@ def scrape_metrics(url: str | None, timeout: float = 3.0) -> dict[str, Any]:
 def line_plot(series: dict[str, list[dict[str, Any]]], title: str, thresholds: dict[str, float] | None = None,
               max_panels: int = 12) -> bytes:
     """One small panel per series (value over time), as PNG; a dashed line marks a threshold."""
-    from matplotlib.figure import Figure  # lazy: ~0.5 s, only when a plot is drawn
+    import matplotlib.dates as mdates  # lazy: ~0.5 s, only when a plot is drawn
+    from matplotlib.figure import Figure
 
     names = list(series)[:max_panels] or ["(no data yet)"]
     cols = min(3, len(names))
@@ -144,9 +146,12 @@ def line_plot(series: dict[str, list[dict[str, Any]]], title: str, thresholds: d
         ax = fig.add_subplot(rows, cols, i + 1)
         points = series.get(name, [])
         if points:
-            t0 = points[0]["time"]
-            ax.plot([(p["time"] - t0) / 3600 for p in points], [p["value"] for p in points], marker="o", ms=3)
-            ax.set_xlabel("hours since first point")
+            when = [datetime.datetime.fromtimestamp(p["time"]) for p in points]
+            ax.plot(when, [p["value"] for p in points], marker="o", ms=3)
+            locator = mdates.AutoDateLocator()
+            ax.xaxis.set_major_locator(locator)
+            ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+            ax.tick_params(axis="x", labelsize=7)
         if thresholds and thresholds.get(name) is not None:
             ax.axhline(thresholds[name], color="tab:red", ls="--", lw=1)
         ax.set_title(name, fontsize=9)
