@@ -1,4 +1,7 @@
-"""The real embedded model: conversion, perplexity, bf16 agreement, accuracy above chance, speed keys."""
+"""The real embedded model: perplexity, bf16 agreement, accuracy above chance, speed figures.
+
+(Its conversion and shape are checked in tests/models/test_embedded.py.)
+"""
 
 import pytest
 import torch
@@ -8,13 +11,6 @@ from lmopt.evaluate import evaluate, perplexity
 from lmopt.evaluate.speed import benchmark_speed
 
 pytestmark = pytest.mark.integration
-
-
-def test_embedded_model_shape(embedded):
-    config = embedded.model.config
-    assert (config.hidden_size, config.num_hidden_layers, config.num_key_value_heads) == (576, 30, 3)
-    assert sum(p.numel() for p in embedded.model.parameters()) == 134_515_008
-    assert embedded.path and (embedded.path / "model.safetensors").exists()
 
 
 def test_perplexity_fp32_vs_bf16(embedded):
@@ -37,6 +33,14 @@ def test_accuracy_above_chance(embedded, data_dir):
 def test_speed_figures(embedded):
     speed = benchmark_speed(embedded.model, embedded.tokenizer, prefill_len=64, new_tokens=4,
                             batch_sizes=(1,), repeats=1, path=embedded.path, bandwidth_gbs=20.0)
-    for key in ("prefill_tokens_per_s", "decode_tokens_per_s_bs1", "time_to_first_token_s", "peak_rss_mb",
-                "size_on_disk_mb", "decode_roofline_tokens_per_s"):
-        assert speed[key] > 0, key
+    for key in ("prefill_tokens_per_s", "decode_tokens_per_s_bs1", "time_to_first_token_s"):
+        assert speed[key] > 0, key  # timings: no reference, but a zero means a missed measurement
+    # Sizes against references: the file on disk, and every fp32 weight read once per token
+    # (the embedding is tied to lm_head, so it counts once; plus the rotary frequency buffers).
+    weights = sum(f.stat().st_size for f in embedded.path.glob("*.safetensors"))
+    assert speed["size_on_disk_mb"] == pytest.approx(weights / 1e6, abs=0.01)
+    assert speed["parameters"] == 134_515_008
+    buffers = sum(b.numel() * b.element_size() for b in embedded.model.buffers() if b.numel() > 1)
+    assert buffers < 1024 and speed["weight_bytes_per_token"] == 4 * 134_515_008 + buffers
+    assert speed["decode_roofline_tokens_per_s"] == pytest.approx(20e9 / speed["weight_bytes_per_token"], abs=0.01)
+    assert speed["peak_rss_mb"] >= 4 * 134_515_008 / 2**20  # the fp32 weights are resident

@@ -41,34 +41,50 @@ def test_acc_and_acc_norm_on_a_hand_built_task(tiny):
     assert result["n"] == 2
 
 
+def brute_force(model, tokenizer, context: str, continuation: str) -> tuple[float, bool]:
+    """(sum log p(continuation tokens), every token the argmax) from one unbatched forward pass."""
+    c, x = encode_pair(tokenizer, context, continuation)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([c + x])).logits[0].double(), -1)
+    rows = logp[len(c) - 1: len(c) - 1 + len(x)]  # row i predicts x[i]
+    return float(rows[range(len(x)), x].sum()), bool((rows.argmax(-1) == torch.tensor(x)).all())
+
+
 def test_loglik_equals_unbatched_forward(tiny):
     requests = [("The quick brown", " fox"), ("Python is", " a language used widely"), ("", "hello"),
-                ("x = ", "1")]
+                ("x = ", "1"), ("The answer is", " is is is")]
     batched = loglikelihoods(tiny.model, tiny.tokenizer, requests, batch_size=3)
-    for (ctx, cont), (ll, _) in zip(requests, batched, strict=True):
-        c, x = encode_pair(tiny.tokenizer, ctx, cont)
-        ids = torch.tensor([c + x])
-        with torch.no_grad():
-            logp = torch.log_softmax(tiny.model(input_ids=ids).logits[0].double(), -1)
-        expected = sum(float(logp[len(c) - 1 + i, t]) for i, t in enumerate(x))
-        assert ll == pytest.approx(expected, abs=1e-3)
+    expected = [brute_force(tiny.model, tiny.tokenizer, ctx, cont) for ctx, cont in requests]
+    for (ll, greedy), (ref_ll, ref_greedy) in zip(batched, expected, strict=True):
+        assert ll == pytest.approx(ref_ll, abs=1e-3)
+        assert greedy == ref_greedy
+    assert [g for _, g in expected] == [False, False, False, False, True]  # both flag values are exercised
 
 
 def test_trailing_space_moves_to_the_continuation(tiny):
     a = encode_pair(tiny.tokenizer, "Answer: ", "yes")
     b = encode_pair(tiny.tokenizer, "Answer:", " yes")
-    assert a == b
+    ctx = tiny.tokenizer("Answer:", add_special_tokens=False)["input_ids"]
+    whole = tiny.tokenizer("Answer: yes", add_special_tokens=False)["input_ids"]
+    assert a == b == (ctx, whole[len(ctx):])
 
 
 def test_greedy_task_counts_exact_continuations(tiny):
-    # Make the continuation the model's own greedy output, so accuracy must be 1.
-    ids = tiny.tokenizer("def main():", add_special_tokens=False)["input_ids"]
+    tok = tiny.tokenizer
+    # The model's own greedy output (by transformers' generate); this prompt's continuation
+    # re-encodes to the same tokens, so the item must count as exact.
+    ids = tok("The answer is", add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         out = tiny.model.generate(torch.tensor([ids]), max_new_tokens=3, do_sample=False,
-                                  pad_token_id=tiny.tokenizer.pad_token_id)
-    cont = tiny.tokenizer.decode(out[0, len(ids):])
-    context = tiny.tokenizer.decode(ids)
-    result = score_items(tiny.model, tiny.tokenizer, [MCItem([(context, cont)], 0, [cont])], greedy=True)
-    if encode_pair(tiny.tokenizer, context, cont)[1] == out[0, len(ids):].tolist():
-        assert result["acc"] == 1.0
-    assert math.isfinite(result["perplexity"])
+                                  pad_token_id=tok.pad_token_id)[0, len(ids):].tolist()
+    cont = tok.decode(out)
+    assert encode_pair(tok, "The answer is", cont)[1] == out
+    # ":::" re-encodes as one token the model does not pick; " no" is not the greedy output.
+    requests = [("The answer is", cont), ("The answer is", " no"), ("def main():", ":::")]
+    items = [MCItem([req], 0, [req[1]]) for req in requests]
+    result = score_items(tiny.model, tok, items, greedy=True)
+    expected = [brute_force(tiny.model, tok, *req) for req in requests]
+    assert [g for _, g in expected] == [True, False, False]
+    assert result["acc"] == pytest.approx(1 / 3)
+    assert result["perplexity"] == pytest.approx(math.exp(-sum(ll for ll, _ in expected) / 3), rel=1e-4)
+    assert result["n"] == 3

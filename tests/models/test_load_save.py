@@ -25,8 +25,19 @@ def test_saved_model_loads_with_plain_transformers(tiny, tmp_path):
     assert torch.allclose(logits(ours.model, ids), logits(tiny.model, ids), atol=1e-5)
     card = json.loads((out / "lmopt.json").read_text())
     assert card["step"] == "test" and card["metrics"] == {"x": 1}
-    assert ours.card.step == "test" and ours.hash == ours.hash and len(ours.hash) == 16
-    assert ours.tokenizer.chat_template
+    assert ours.card.step == "test"
+    assert ours.tokenizer.chat_template == tiny.tokenizer.chat_template and ours.tokenizer.chat_template
+
+
+def test_hash_follows_the_content_not_the_path_or_card(tiny, tmp_path):
+    a = load_model(save_model(tiny.model, tiny.tokenizer, tmp_path / "a", ModelCard(step="one")))
+    b = load_model(save_model(tiny.model, tiny.tokenizer, tmp_path / "b", ModelCard(step="two")))
+    assert len(a.hash) == 16 and set(a.hash) <= set("0123456789abcdef")  # a sha256 hex prefix
+    assert a.hash == b.hash  # same weights, config and tokenizer; the card is not hashed
+    with torch.no_grad():
+        b.model.model.norm.weight[0] += 1.0
+    c = load_model(save_model(b.model, b.tokenizer, tmp_path / "c", ModelCard(step="two")))
+    assert c.hash != a.hash
 
 
 def test_bad_references_give_clear_errors(tmp_path):
