@@ -3,7 +3,10 @@
 import pytest
 import yaml
 
+from lmopt.data import pydoc_text
 from lmopt.errors import LmoptError
+from lmopt.evaluate import perplexity
+from lmopt.models import content_hash, load_model
 from lmopt.monitor import Registry
 from lmopt.pipeline import Recipe, load_recipe_file, run_recipe
 from lmopt.step import STEP_TABLE, NullRecorder, Step, get_step
@@ -22,7 +25,10 @@ def test_recipe_runs_then_resumes_from_cache(tmp_path, tiny_dir):
     logs = []
     first = run_recipe(recipe, base, log=logs.append)
     second = run_recipe(recipe, base, log=logs.append)
-    assert first["steps"][0]["metrics"]["pydoc"]["perplexity"] > 1
+    # The step's figure is the library call's on the same model, text, window and limit.
+    tiny = load_model(tiny_dir, dtype="float32")
+    direct = perplexity(tiny.model, tiny.tokenizer, pydoc_text("eval"), seq_len=32, limit=2)
+    assert first["steps"][0]["metrics"]["pydoc"]["perplexity"] == pytest.approx(direct["perplexity"], rel=1e-6)
     assert second["steps"][0] == first["steps"][0]
     assert logs[-1].endswith("cached")
 
@@ -57,7 +63,7 @@ def test_recipe_evaluations_and_registry(tmp_path, tiny_dir):
     summary = run_recipe(recipe, tmp_path, registry=registry, log=lambda m: None)
     assert summary["evaluation"][str(tiny_dir)]["tasks"]["pydoc"]["windows"] == 1
     rows = registry.query(kind="evaluate")
-    assert len(rows) == 1 and rows[0]["task"] == "pydoc" and rows[0]["model_hash"]
+    assert len(rows) == 1 and rows[0]["task"] == "pydoc" and rows[0]["model_hash"] == content_hash(tiny_dir)
     assert rows[0]["metrics"]["windows"] == 1
 
 
