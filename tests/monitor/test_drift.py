@@ -145,6 +145,13 @@ def test_prompt_loss_matches_a_forward_pass(tiny):
     report = drift(Window(prompts * 3), Window(prompts[::-1] * 3), DriftConfig(**RAW, tokens="model"), model=tiny)
     loss = {m.name: m for m in report.metrics}["loss"]
     assert loss.value == pytest.approx(0.0, abs=1e-5) and not loss.alert
+    # a clear change alerts; the same change with a Welch t below loss_min_t does not
+    strange = drift(Window(prompts * 3), Window(["zq xv kj wp"] * 6), DriftConfig(**RAW, loss=0.01), model=tiny)
+    loss = {m.name: m for m in strange.metrics}["loss"]
+    assert loss.alert and loss.current["welch_t"] >= 3
+    strict = drift(Window(prompts * 3), Window(["zq xv kj wp"] * 6), DriftConfig(**RAW, loss=0.01, loss_min_t=1e9),
+                   model=tiny)
+    assert not {m.name: m for m in strict.metrics}["loss"].alert
 
 
 def test_model_tokens_need_a_model():
@@ -330,3 +337,23 @@ def test_cli_drift_between_files(tmp_path):
     assert status == 2 and "window 'last:x'" in message
     status, message = cli(["monitor", "drift", "--reference", ref, "--current", same, "--set", "vocab=0"])
     assert status == 2 and "vocab" in message
+
+
+@pytest.mark.integration
+def test_the_embedded_models_loss_tells_pubmed_from_python_questions(embedded, data_dir):
+    """The `loss` threshold (0.5 nats) against the real model: two PubMed samples agree, Python moves it."""
+    questions = [v["QUESTION"] for _, v in sorted(json.loads((data_dir / "pubmedqa" / "ori_pqal.json")
+                                                             .read_text()).items())]
+    python = [f"Is it true that the {w} statement in Python {v}?" for w, v in
+              [("assert", "raises AssertionError when its expression is false"),
+               ("with", "calls __enter__ and __exit__ on a context manager"),
+               ("yield", "turns a function into a generator"), ("global", "binds a name at module level"),
+               ("return", "leaves the function with a value"), ("del", "removes a binding of a name"),
+               ("import", "finds and loads a module then binds it"), ("raise", "throws an exception object"),
+               ("pass", "does nothing at all"), ("nonlocal", "rebinds a name of the enclosing function")]] * 3
+    config = DriftConfig(min_requests=10)
+    same = drift(Window(questions[:30]), Window(questions[500:530]), config, model=embedded)
+    shifted = drift(Window(questions[:30]), Window(python), config, model=embedded)
+    loss = lambda r: {m.name: m for m in r.metrics}["loss"]  # noqa: E731
+    assert not loss(same).alert and loss(same).current["welch_t"] < 3  # 30 prompts: 0.5 nats can be chance
+    assert loss(shifted).alert and abs(loss(shifted).value) > 0.5 and loss(shifted).current["welch_t"] > 3

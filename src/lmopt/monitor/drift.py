@@ -72,7 +72,11 @@ class DriftConfig(Config):
     language: float | None = Field(default=0.15, gt=0)
     """Largest share of prompts moved to another language (total variation distance)."""
     loss: float | None = Field(default=0.5, gt=0)
-    """Largest change of the model's mean per-token NLL on the prompts, either way (nats)."""
+    """Largest change of the model's mean per-token NLL on the prompts, either way (nats). A change
+    alerts only when it is also clear of chance (Welch |t| of at least `loss_min_t`): per-prompt NLLs
+    spread widely (sd ~1.1 nats on PubMed questions), so small windows differ by 0.5 by chance."""
+    loss_min_t: float = Field(default=3.0, ge=0)
+    """Least Welch t statistic of the loss change for an alert."""
     output_length: float | None = Field(default=0.15, gt=0)
     """Largest KS statistic between response-length distributions."""
     bad_output: float | None = Field(default=0.10, gt=0)
@@ -386,7 +390,13 @@ def _loss(ref: Features, cur: Features, config: DriftConfig) -> MetricDrift:
     if ref.nll is None or cur.nll is None:
         return _metric("loss", None, config.loss, note="no model given")
     a, b = _mean(ref.nll), _mean(cur.nll)
-    return _metric("loss", b - a, config.loss, {"nll": a}, {"nll": b}, two_sided=True)
+    se = float(np.sqrt(np.var(ref.nll, ddof=1) / len(ref.nll) + np.var(cur.nll, ddof=1) / len(cur.nll))) \
+        if min(len(ref.nll), len(cur.nll)) > 1 else float("inf")
+    t = abs(b - a) / se if se > 0 else float("inf")
+    metric = _metric("loss", b - a, config.loss, {"nll": a}, {"nll": b, "welch_t": round(t, 2)}, two_sided=True)
+    if metric.alert and t < config.loss_min_t:
+        metric.alert, metric.note = False, f"within chance (Welch t {t:.2f} < loss_min_t {config.loss_min_t})"
+    return metric
 
 
 def _bad_output(ref: Features, cur: Features, config: DriftConfig) -> MetricDrift:
