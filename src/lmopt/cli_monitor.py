@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -190,10 +191,10 @@ def check_cmd(
     registry: str | None = RegistryOpt,
 ) -> None:
     """Regression gate: measure CANDIDATE and the baseline on a suite; exit 0 pass, 1 regression, 2 bad input."""
-    console = Console(stderr=True)
+    console, started = Console(stderr=True), time.time()
     apply_threads()
     report = check(candidate, baseline, suite, registry=_open(registry), data_dir=data_dir,
-                   log=lambda message: console.print(f"[dim]{message}[/]"))
+                   log=lambda message: console.print(f"[dim]{time.time() - started:6.1f}s {message}[/]"))
     Console().print(gate_table(report))
     for path in write_reports(report, json_path=json_out, markdown_path=markdown_out, html_path=html_out):
         console.print(f"wrote {path}")
