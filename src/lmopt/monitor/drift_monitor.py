@@ -29,7 +29,8 @@ from typing import Any
 from pydantic import Field
 
 from lmopt.configs import Config
-from lmopt.monitor.drift import DriftConfig, DriftReport, Features, Window, drift, features, merge_features
+from lmopt.monitor.drift import DriftConfig, DriftReport, drift, features
+from lmopt.monitor.drift_features import Features, Window, merge_features
 from lmopt.monitor.drift_windows import load_window
 from lmopt.monitor.traffic import TrafficStore
 

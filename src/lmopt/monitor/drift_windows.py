@@ -24,7 +24,7 @@ from typing import Any
 
 from lmopt.data.load import open_records
 from lmopt.errors import LmoptError
-from lmopt.monitor.drift import Window
+from lmopt.monitor.drift_features import Window
 from lmopt.monitor.traffic import TrafficStore
 from lmopt.serve.telemetry import chat_prompt_text
 
