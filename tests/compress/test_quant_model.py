@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -79,8 +80,7 @@ def test_gptq_shares_hessians_only_between_linears_fed_the_same_tensor(windows):
     # reused by a later one made gate/up share q/k/v's Hessian in some layers.
     model = tiny_llama(num_layers=4, hidden_size=96, num_heads=4, num_kv_heads=2, intermediate_size=96).model
     report = quantize(model, GPTQConfig(bits=4, group_size=32, lm_head_bits=None), windows)
-    expected = ["self_attn.q_proj+self_attn.k_proj+self_attn.v_proj", "self_attn.o_proj",
-                "mlp.gate_proj+mlp.up_proj", "mlp.down_proj"]
+    expected = ["qkv", "o", "gate_up", "down"]  # a wrongly shared group would read "q_proj+k_proj+...+up_proj"
     assert [sorted(groups) for groups in report["layers"].values()] == [sorted(expected)] * 4
 
 
@@ -154,8 +154,15 @@ def test_recipe_runs_quantize_step(tiny_dir, tmp_path):
     recipe.steps[0]["quantize"]["group_size"] = 32
     summary = run_recipe(recipe, tmp_path, log=lambda *a: None)
     metrics = summary["steps"][-1]["metrics"]
-    assert metrics["size_on_disk_mb"] > 0 and metrics["quantize_seconds"] >= 0
-    assert load_model(summary["output"]).card.step == "quantize"
+    weights = sum(f.stat().st_size for f in Path(summary["output"]).glob("*.safetensors"))
+    assert metrics["size_on_disk_mb"] == pytest.approx(weights / 1e6, abs=0.01)  # the file on disk
+    card = load_model(summary["output"]).card
+    assert card.step == "quantize"
+    # the recipe's settings (gptq, 4 bits, lm_head 8) with the override (groups of 32) reached the model
+    modules = card.format_info["modules"]
+    assert (modules["model.layers.0.self_attn.q_proj"]["bits"], modules["model.layers.0.self_attn.q_proj"]
+            ["group_size"]) == (4, 32)
+    assert modules["lm_head"]["bits"] == 8 and card.config["method"] == "gptq"
 
 
 def test_cli_quantize(tiny_dir, tmp_path):
@@ -167,4 +174,6 @@ def test_cli_quantize(tiny_dir, tmp_path):
     result = CliRunner().invoke(app, ["quantize", str(tiny_dir), "--method", "rtn", "--bits", "8",
                                       "--group-size", "0", "--output", str(out)])
     assert result.exit_code == 0, result.output
-    assert load_model(out).card.format_info["modules"]["lm_head"]["bits"] == 8
+    modules = load_model(out).card.format_info["modules"]
+    assert len(modules) == 2 * 7 + 1  # every projection and lm_head (which is 8-bit by default anyway)
+    assert {(m["bits"], m["group_size"]) for name, m in modules.items() if name != "lm_head"} == {(8, 0)}

@@ -4,7 +4,8 @@ GPTQ, AWQ, SmoothQuant, Wanda, SparseGPT and structured pruning all need the inp
 sees on real text. Running the whole model with hooks on every layer would hold all layers'
 activations at once; instead (the GPTQ / llm-compressor "sequential pipeline"):
 
-1. `calibration_windows` cuts calibration text into (n_samples, seq_len) token windows;
+1. `calibration_windows` (calibration_data.py) cuts calibration text into (n_samples, seq_len) token
+   windows (default: the `mix` of domains);
 2. `capture_layer_inputs` runs the model up to the first decoder layer and stops, keeping the
    hidden states and the other arguments that layer receives (rotary embeddings, mask...);
 3. for each decoder layer in order, `process_layer(index, layer, inputs)` is called (it may run the
@@ -17,7 +18,7 @@ def process(i, layer, inputs):
     stats = {}
     collect_linear_inputs(layer, inputs, lambda name, mod, x: stats.setdefault(name, []).append(x))
     ...                                                    # change layer's weights from the stats
-sequential_calibrate(model, calibration_windows(tok, "pydoc-train", 32, 512), process)
+sequential_calibrate(model, calibration_windows(tok, "mix", 32, 512), process)
 ```
 """
 
@@ -30,10 +31,14 @@ from typing import Any
 
 import torch
 
+from lmopt.compress.calibration_data import calibration_windows
 from lmopt.compress.config import CalibrationConfig
-from lmopt.data import load_text
 from lmopt.errors import LmoptError
 from lmopt.progress import progress_bar
+
+__all__ = ["CalibrationConfig", "LayerInputs", "calibrate", "calibration_windows", "capture_layer_inputs",
+           "collect_linear_inputs", "decoder_layers", "linear_input_hooks", "linear_modules", "run_layer",
+           "sequential_calibrate"]
 
 
 @dataclass
@@ -53,28 +58,6 @@ class LayerInputs:
 
     def with_hidden(self, hidden: list[Any]) -> LayerInputs:
         return LayerInputs(hidden, self.kwargs)
-
-
-def calibration_windows(tokenizer: Any, source: str = "pydoc-train", n_samples: int = 128,
-                        seq_len: int = 512, seed: int = 0, data_dir: str | None = None) -> Any:
-    """A (n_samples, seq_len) LongTensor of token windows taken from `source`.
-
-    Windows start at random offsets (seeded) when the text holds fewer than `n_samples`
-    non-overlapping windows, else at evenly spaced non-overlapping offsets.
-    """
-    ids = tokenizer(load_text(source, data_dir), add_special_tokens=False, return_attention_mask=False,
-                    verbose=False)["input_ids"]
-    ids = torch.tensor(ids, dtype=torch.long)
-    if ids.numel() < seq_len + 1:
-        raise LmoptError(f"calibration source '{source}': {ids.numel()} tokens, fewer than seq_len={seq_len}")
-    slots = ids.numel() // seq_len
-    if slots >= n_samples:
-        stride = slots // n_samples
-        starts = torch.arange(n_samples) * stride * seq_len
-    else:
-        gen = torch.Generator().manual_seed(seed)
-        starts = torch.randint(0, ids.numel() - seq_len, (n_samples,), generator=gen)
-    return torch.stack([ids[s:s + seq_len] for s in starts.tolist()])
 
 
 def decoder_layers(model: Any) -> Any:

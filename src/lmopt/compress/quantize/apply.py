@@ -17,16 +17,12 @@ from typing import Any
 
 import torch
 
-from lmopt.compress.calibration import (
-    LayerInputs,
-    calibration_windows,
-    collect_linear_inputs,
-    decoder_layers,
-    linear_modules,
-    sequential_calibrate,
-)
+from lmopt.compress.calibration import LayerInputs, collect_linear_inputs, decoder_layers, linear_modules
+from lmopt.compress.calibration_data import calibration_set
 from lmopt.compress.quantize import algorithms as alg
-from lmopt.compress.quantize.config import AWQConfig, GPTQConfig, W8A8Config, WeightQuantConfig
+from lmopt.compress.quantize import safeguard as sg
+from lmopt.compress.quantize.config import AWQConfig, GPTQConfig, RotateGPTQConfig, W8A8Config, WeightQuantConfig
+from lmopt.compress.quantize.rotate_model import rotate_llama
 from lmopt.compress.quantize.runtime import QuantLinear
 from lmopt.compress.quantize.smoothing import fold_scales, smooth_groups
 from lmopt.errors import LmoptError
@@ -47,9 +43,9 @@ def _quantize_layer_rtn(layer: Any, config: WeightQuantConfig, act_quant: bool =
         _set_module(layer, name, to_quant_linear(linear, qw, act_quant))
 
 
-def _gptq_layer(layer: Any, inputs: LayerInputs, config: GPTQConfig) -> dict[str, float]:
-    """Hessians from one pass over the inputs, then GPTQ. Linears fed the same tensor (q/k/v,
-    gate/up) share one Hessian and are quantized as one stacked matrix (fewer column steps)."""
+def _shared_hessians(layer: Any, inputs: LayerInputs, config: WeightQuantConfig) -> tuple[dict, dict]:
+    """Hessians from one pass over the inputs, one per input tensor: Linears fed the same tensor (q/k/v,
+    gate/up) share it. Returns ({owner: H (K, K)}, {owner: [names fed that tensor]})."""
     hessians: dict[str, list] = {}  # owner name -> [H, n_rows]
     feeds: dict[str, str] = {}  # linear name -> owner: the first Linear fed the same tensor
     first_inputs: dict[str, torch.Tensor] = {}  # first-batch input per owner, kept alive on purpose:
@@ -66,30 +62,52 @@ def _gptq_layer(layer: Any, inputs: LayerInputs, config: GPTQConfig) -> dict[str
 
     collect_linear_inputs(layer, inputs, on_input, names=list(linear_modules(layer, config.skip)))
     first_inputs.clear()
-    errors = {}
-    for owner, (hessian, _n) in hessians.items():
-        names = [name for name, key in feeds.items() if key == owner]
-        errors["+".join(names)] = _gptq_replace(layer, names, hessian, config)
-    return errors
+    groups = {owner: [name for name, key in feeds.items() if key == owner] for owner in hessians}
+    return {owner: h for owner, (h, _n) in hessians.items()}, groups
 
 
-def _gptq_replace(layer: Any, names: list[str], hessian: torch.Tensor, config: WeightQuantConfig) -> float:
-    """GPTQ the named Linears (fed the same input, with this Hessian) as one stacked matrix and swap
-    in QuantLinears; returns the mean row error d H d^T. GPTQ settings come from `config` when it is
-    a GPTQConfig, else GPTQConfig's defaults (AWQ with gptq rounding)."""
+def _gptq_layer(layer: Any, inputs: LayerInputs, config: GPTQConfig,
+                held: LayerInputs | None = None) -> tuple[dict[str, float], dict[str, Any]]:
+    """GPTQ each group of Linears fed one input as one stacked matrix (fewer column steps); with
+    `held`, keep RTN instead where it has the smaller held-out error (safeguard.py).
+    Returns ({group: calibration error}, {group: safeguard choice})."""
+    hessians, groups = _shared_hessians(layer, inputs, config)
+    held_hessians = sg.input_hessians(layer, held, list(groups)) if held is not None else {}
+    errors, choices = {}, {}
+    for owner, names in groups.items():
+        key = sg.group_name(names)
+        stacked, qw = _gptq_stacked(layer, names, hessians[owner], config)
+        errors[key] = sg.output_error(stacked, qw.dequantize(), hessians[owner])
+        if owner in held_hessians:
+            rtn = alg.rtn_quantize(stacked, config.bits, config.group_size, config.sym, config.clip)
+            kept, choices[key] = sg.pick(stacked, {"gptq": qw.dequantize(), "rtn": rtn.dequantize()},
+                                         held_hessians[owner])
+            qw = rtn if kept == "rtn" else qw
+        _swap_stacked(layer, names, qw)
+    return errors, choices
+
+
+def _gptq_stacked(layer: Any, names: list[str], hessian: torch.Tensor,
+                  config: WeightQuantConfig) -> tuple[torch.Tensor, alg.QuantizedWeight]:
+    """GPTQ of the named Linears (fed the same input, with this Hessian) stacked into one (sum N, K)
+    matrix; returns (stacked float weight, codes). GPTQ settings come from `config` when it is a
+    GPTQConfig, else GPTQConfig's defaults (AWQ with gptq rounding)."""
     gptq = config if isinstance(config, GPTQConfig) else GPTQConfig()
-    linears = [layer.get_submodule(name) for name in names]
-    stacked = torch.cat([lin.weight.data for lin in linears])  # (sum N, K)
+    stacked = torch.cat([layer.get_submodule(name).weight.data for name in names]).float()
     qw = alg.gptq_quantize(stacked, hessian, config.bits, config.group_size, config.sym, gptq.block_size,
                            gptq.damp, gptq.act_order, config.clip)
-    delta = qw.dequantize() - stacked.float()
+    return stacked, qw
+
+
+def _swap_stacked(layer: Any, names: list[str], qw: alg.QuantizedWeight) -> None:
+    """Replace the named Linears by QuantLinears holding their rows of the stacked codes `qw`."""
     start = 0
-    for name, linear in zip(names, linears, strict=True):
+    for name in names:
+        linear = layer.get_submodule(name)
         rows = slice(start, start + linear.out_features)
         start += linear.out_features
         part = alg.QuantizedWeight(qw.q[rows], qw.scale[rows], qw.zero[rows], qw.bits, qw.group_size)
         _set_module(layer, name, to_quant_linear(linear, part))
-    return float((delta @ hessian.float() * delta).sum() / delta.shape[0])
 
 
 def _input_stats(layer: Any, inputs: LayerInputs, names: list[str]) -> dict[str, tuple]:
@@ -105,7 +123,10 @@ def _input_stats(layer: Any, inputs: LayerInputs, names: list[str]) -> dict[str,
     return {name: (abs_sum / n, h) for name, (abs_sum, h, n) in stats.items()}
 
 
-def _awq_layer(layer: Any, inputs: LayerInputs, config: AWQConfig) -> dict[str, float]:
+def _awq_layer(layer: Any, inputs: LayerInputs, config: AWQConfig,
+               held: LayerInputs | None = None) -> tuple[dict[str, float], dict[str, Any]]:
+    """AWQ scales per group, folded; then rounding (to nearest or GPTQ). With `held`, each group keeps
+    the AWQ result or plain RTN of its unscaled weights, whichever has the smaller held-out error."""
     groups = smooth_groups(layer)
     firsts = [next(iter(g.linears)) for g in groups]
     grouped = {name for g in groups for name in g.linears}
@@ -113,7 +134,8 @@ def _awq_layer(layer: Any, inputs: LayerInputs, config: AWQConfig) -> dict[str, 
     # their own Hessian too
     others = [n for n in linear_modules(layer, config.skip) if n not in grouped and config.rounding == "gptq"]
     stats = _input_stats(layer, inputs, firsts + others)  # all from the float layer
-    losses, folded = {}, []
+    held_hessians = sg.input_hessians(layer, held, firsts + others) if held is not None else {}
+    losses, folded, choices = {}, [], {}
     for group, first in zip(groups, firsts, strict=True):
         if any(any(s in n for s in config.skip) for n in group.linears):
             continue
@@ -122,20 +144,46 @@ def _awq_layer(layer: Any, inputs: LayerInputs, config: AWQConfig) -> dict[str, 
                                                            config.group_size, config.sym, config.grid)
         fold_scales(group, scales)
         folded.append((group, first, scales))
-    # Rounding only after every fold: a later group's fold rescales an earlier group's Linear (the
-    # down group divides up_proj's rows), which must still be a float Linear then.
-    if config.rounding == "rtn":
-        _quantize_layer_rtn(layer, config)
-        return losses
-    for group, first, scales in folded:  # the group's inputs are now x / s: Hessian H / (s s^T)
-        hessian = stats[first][1] / (scales[:, None] * scales[None, :])
-        losses[group.name] = _gptq_replace(layer, list(group.linears), hessian, config)
+    # Rounding after every fold, last group first: a group's fold rescales the previous group's Linear
+    # (down divides up_proj's rows, o divides v_proj's), which must be final, and unfolded again if
+    # the safeguard drops that fold, before the previous group is rounded.
+    for group, first, scales in reversed(folded):
+        names = list(group.linears)
+        hessian = stats[first][1] / (scales[:, None] * scales[None, :]) if config.rounding == "gptq" else None
+        qw = _round_stacked(layer, names, hessian, config)  # the inputs are now x / s: Hessian H / (s s^T)
+        if first in held_hessians:
+            current = torch.cat([layer.get_submodule(n).weight.data for n in names]).float() / scales
+            rtn = alg.rtn_quantize(current, config.bits, config.group_size, config.sym, config.clip)
+            kept, choices[group.name] = sg.pick(current, {"awq": qw.dequantize() / scales,
+                                                          "rtn": rtn.dequantize()}, held_hessians[first])
+            if kept == "rtn":
+                fold_scales(group, 1 / scales)
+                qw = rtn
+        _swap_stacked(layer, names, qw)
     for name in others:
-        losses[name] = _gptq_replace(layer, [name], stats[name][1], config)
-    return losses
+        stacked, qw = _gptq_stacked(layer, [name], stats[name][1], config)
+        losses[name] = sg.output_error(stacked, qw.dequantize(), stats[name][1])
+        if name in held_hessians:
+            rtn = alg.rtn_quantize(stacked, config.bits, config.group_size, config.sym, config.clip)
+            kept, choices[sg.group_name([name])] = sg.pick(stacked, {"gptq": qw.dequantize(),
+                                                                     "rtn": rtn.dequantize()}, held_hessians[name])
+            qw = rtn if kept == "rtn" else qw
+        _swap_stacked(layer, [name], qw)
+    _quantize_layer_rtn(layer, config)  # what is left: Linears of skipped groups, o_proj with rtn rounding
+    return losses, choices
 
 
-def _w8a8_layer(layer: Any, inputs: LayerInputs, config: W8A8Config) -> dict[str, float]:
+def _round_stacked(layer: Any, names: list[str], hessian: torch.Tensor | None,
+                   config: WeightQuantConfig) -> alg.QuantizedWeight:
+    """The named Linears' stacked weights rounded by GPTQ with `hessian`, or to nearest without one."""
+    if hessian is not None:
+        return _gptq_stacked(layer, names, hessian, config)[1]
+    stacked = torch.cat([layer.get_submodule(name).weight.data for name in names]).float()
+    return alg.rtn_quantize(stacked, config.bits, config.group_size, config.sym, config.clip)
+
+
+def _w8a8_layer(layer: Any, inputs: LayerInputs, config: W8A8Config,
+                held: LayerInputs | None = None) -> tuple[dict[str, float], dict[str, Any]]:
     if config.smoothquant:
         groups = smooth_groups(layer)
         absmax: dict[str, torch.Tensor] = {}
@@ -150,55 +198,77 @@ def _w8a8_layer(layer: Any, inputs: LayerInputs, config: W8A8Config) -> dict[str
             weights = [lin.weight.data for lin in group.linears.values()]
             fold_scales(group, alg.smoothquant_scales(absmax[first], weights, config.alpha))
     _quantize_layer_rtn(layer, config, act_quant=True)
-    return {}
+    return {}, {}
 
 
-LAYER_METHODS = {"gptq": _gptq_layer, "awq": _awq_layer, "w8a8": _w8a8_layer}
+LAYER_METHODS = {"gptq": _gptq_layer, "rotate+gptq": _gptq_layer, "awq": _awq_layer, "w8a8": _w8a8_layer}
 
 
-def _windows(config: WeightQuantConfig, windows: torch.Tensor | None, tokenizer: Any) -> torch.Tensor:
-    if windows is not None:
-        return windows
-    calibration = config.calibration
-    if tokenizer is None:
-        raise LmoptError("quantize: calibrated methods need `tokenizer=` (or `windows=` token ids)")
-    return calibration_windows(tokenizer, calibration.source, calibration.n_samples, calibration.seq_len,
-                               calibration.seed, calibration.data_dir)
+def _calibration(config: WeightQuantConfig, windows: torch.Tensor | None, tokenizer: Any,
+                 report: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(calibration windows, held-out windows or None). With the safeguard on, 1 in 8 extra windows
+    are drawn and held out; given `windows` give up 1 in 8 of theirs instead."""
+    guard = bool(getattr(config, "safeguard", False))
+    if windows is None:
+        calibration = config.calibration
+        if tokenizer is None:
+            raise LmoptError("quantize: calibrated methods need `tokenizer=` (or `windows=` token ids)")
+        n_held = sg.holdout_count(calibration.n_samples) if guard else 0
+        drawn = calibration_set(tokenizer, calibration.source, calibration.n_samples + n_held,
+                                calibration.seq_len, calibration.seed, calibration.data_dir)
+        windows, report["calibration_parts"] = drawn.windows, drawn.parts
+    else:
+        n_held = sg.holdout_count(windows.shape[0]) if guard and windows.shape[0] >= 2 else 0
+        if guard and not n_held:
+            report["safeguard_note"] = "off: a single calibration window leaves none to hold out"
+    fit, held = sg.split_windows(windows, n_held) if n_held else (windows, None)
+    report["calibration_tokens"] = int(fit.numel())
+    report["heldout_tokens"] = int(held.numel()) if held is not None else 0
+    return fit, held
 
 
 def quantize(model: Any, config: WeightQuantConfig, windows: torch.Tensor | None = None,
              tokenizer: Any = None) -> dict[str, Any]:
     """Quantize `model` in place (see the module docstring); returns a report of what was done.
 
-    Calibrated methods read text as `config.calibration` says (default: 128 x 512 tokens of
-    pydoc-train; needs `tokenizer`), unless `windows`, a (n_samples, seq_len) tensor of token ids, is
-    given. RTN needs neither.
+    Calibrated methods read text as `config.calibration` says (default: the `mix`, 128 x 512 tokens,
+    plus 16 held-out windows for the safeguard; needs `tokenizer`), unless `windows`, a
+    (n_samples, seq_len) tensor of token ids, is given. RTN needs neither. `rotate+gptq` rotates the
+    model first (rotate_model.py). Report: method, per-layer calibration errors (`layers`), per-layer
+    safeguard choices (`safeguard`: {layer: {group: {kept, <method>: error, rtn: error}}}) and their
+    counts (`safeguard_kept`), calibration parts and tokens, lm_head, rotation, seconds.
     """
     started = time.time()
     model.eval()
     method = getattr(config, "method", "rtn")
-    report: dict[str, Any] = {"method": method, "layers": {}}
+    report: dict[str, Any] = {"method": method, "layers": {}, "safeguard": {}}
     final: LayerInputs | None = None
+    held_final: LayerInputs | None = None
     with torch.no_grad():
+        if isinstance(config, RotateGPTQConfig):
+            report["rotation"] = rotate_llama(model, config.rotation.seed, config.rotation.construction)
         if method == "rtn":
             for layer in decoder_layers(model):
                 _quantize_layer_rtn(layer, config)
         else:
             step = LAYER_METHODS[method]
-            windows = _windows(config, windows, tokenizer)
-            report["calibration_tokens"] = int(windows.numel())
+            fit, held = _calibration(config, windows, tokenizer, report)
 
-            def process(index: int, layer: Any, inputs: LayerInputs) -> None:
-                report["layers"][index] = step(layer, inputs, config)
+            def process(index: int, layer: Any, inputs: LayerInputs, held_inputs: LayerInputs | None) -> None:
+                report["layers"][index], choices = step(layer, inputs, config, held_inputs)
+                if choices:
+                    report["safeguard"][index] = choices
 
-            final = sequential_calibrate(model, windows, process, config.calibration.batch_size,
-                                         f"{method} per layer")
-        report["lm_head"] = _quantize_lm_head(model, config, final)
+            final, held_final = sg.sequential_with_holdout(model, fit, held, process,
+                                                           config.calibration.batch_size, f"{method} per layer")
+        report["lm_head"] = _quantize_lm_head(model, config, final, held_final)
+    report["safeguard_kept"] = sg.kept_counts(report["safeguard"])
     report["seconds"] = round(time.time() - started, 2)
     return report
 
 
-def _quantize_lm_head(model: Any, config: WeightQuantConfig, final: LayerInputs | None) -> str:
+def _quantize_lm_head(model: Any, config: WeightQuantConfig, final: LayerInputs | None,
+                      held: LayerInputs | None = None) -> str:
     """Quantize the lm_head (see the module docstring); returns what was done."""
     head = model.get_output_embeddings()
     if config.lm_head_bits is None or not isinstance(head, torch.nn.Linear):
@@ -207,18 +277,18 @@ def _quantize_lm_head(model: Any, config: WeightQuantConfig, final: LayerInputs 
     tied = embed.weight is head.weight
     bits = config.lm_head_bits
     group = 0 if bits == 8 else config.group_size
+    sym, clip = (config.sym, config.clip) if bits < 8 else (False, 0.0)
+    qw = alg.rtn_quantize(head.weight.data, bits, group, sym, clip)
+    how = f"rtn int{bits}"
     if bits < 8 and final is not None and isinstance(config, GPTQConfig):
         norm = getattr(getattr(model, "model", model), "norm", None)
-        h, n = None, 0
-        for hidden in final.hidden:
-            h, n = alg.accumulate_hessian(h, n, norm(hidden) if norm is not None else hidden)
-        qw = alg.gptq_quantize(head.weight.data, h, bits, group, config.sym, config.block_size, config.damp,
-                               config.act_order, config.clip)
-        how = f"gptq int{bits}"
-    else:
-        sym, clip = (config.sym, config.clip) if bits < 8 else (False, 0.0)
-        qw = alg.rtn_quantize(head.weight.data, bits, group, sym, clip)
-        how = f"rtn int{bits}"
+        gptq = alg.gptq_quantize(head.weight.data, sg.hessian_hidden(final.hidden, norm), bits, group, config.sym,
+                                 config.block_size, config.damp, config.act_order, config.clip)
+        kept = "gptq"
+        if held is not None:
+            kept, _ = sg.pick(head.weight.data, {"gptq": gptq.dequantize(), "rtn": qw.dequantize()},
+                              sg.hessian_hidden(held.hidden, norm))
+        qw, how = (gptq, f"gptq int{bits}") if kept == "gptq" else (qw, f"rtn int{bits} (safeguard: gptq worse)")
     quant = to_quant_linear(head, qw)
     _set_module(model, next(n for n, m in model.named_modules() if m is head), quant)
     if tied:  # the input embedding stays the same tensor as what the lm_head computes with

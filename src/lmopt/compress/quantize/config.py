@@ -70,6 +70,11 @@ class GPTQConfig(WeightQuantConfig):
     """Columns per lazy block update."""
     act_order: bool = True
     """Quantize columns in order of decreasing Hessian diagonal (activation magnitude)."""
+    safeguard: bool = True
+    """Per group of Linears sharing an input (q/k/v, o, gate/up, down) keep GPTQ's rounding only where
+    its output error on held-out calibration windows (1 in 8 extra, never in a Hessian) is below
+    round-to-nearest's, else RTN; the choice per layer is in the report (`safeguard`). Costs 1/8 more
+    calibration forward passes."""
 
 
 class AWQConfig(WeightQuantConfig):
@@ -83,6 +88,11 @@ class AWQConfig(WeightQuantConfig):
     rounding: Literal["rtn", "gptq"] = "rtn"
     """How the rescaled weights are rounded: to nearest (AWQ as published) or by GPTQ with the
     rescaled inputs' Hessian (AWQ then GPTQ, as llm-compressor recipes chain them)."""
+    safeguard: bool = True
+    """Per group of Linears (q/k/v, o, gate/up, down) keep AWQ's scaled rounding only where its output
+    error on held-out calibration windows (1 in 8 extra, never in a scale search) is below plain
+    round-to-nearest's; else the group's scales are unfolded and it is rounded to nearest. The choice
+    per layer is in the report (`safeguard`)."""
 
 
 class W8A8Config(WeightQuantConfig):
@@ -107,8 +117,29 @@ class W8A8Config(WeightQuantConfig):
         return value
 
 
+class RotateConfig(Config):
+    """An offline rotation of a llama-style model (QuaRot/SpinQuant style) fused into its weights: the
+    result is an ordinary HF model computing the same function, whose weights round better at 4 bits.
+    The `rotate` step's config, and `rotation` of `rotate+gptq`."""
+
+    seed: int = 0
+    """Seed of the random +-1 signs multiplying the Hadamard matrices (and of the random orthogonal
+    factor where a size has no Hadamard construction)."""
+    construction: Literal["auto", "hadamard", "kronecker"] = "auto"
+    """`auto`: a true Hadamard where one is built (576 = 4 x 12 x 12 Paley/Sylvester), else `kronecker`:
+    Sylvester 2^k x a seeded random orthogonal for the odd factor (see rotate.py)."""
+
+
+class RotateGPTQConfig(GPTQConfig):
+    """Rotate the model (residual stream, attention values/outputs), then GPTQ: the 4-bit method."""
+
+    method: Literal["rotate+gptq"] = "rotate+gptq"  # type: ignore[assignment]
+    rotation: RotateConfig = Field(default_factory=RotateConfig)
+    """How the rotation is built (seed, construction)."""
+
+
 METHOD_CONFIGS: dict[str, type[WeightQuantConfig]] = {
-    "rtn": RTNConfig, "gptq": GPTQConfig, "awq": AWQConfig, "w8a8": W8A8Config}
+    "rtn": RTNConfig, "gptq": GPTQConfig, "awq": AWQConfig, "w8a8": W8A8Config, "rotate+gptq": RotateGPTQConfig}
 
 
 class QuantizeOutput(Config):
