@@ -127,8 +127,10 @@ def shape_of_config(config: Any, name: str = "model") -> ModelShape:
     return shape_of_model(model, name)
 
 
-def model_shape(model: str | Path | LoadedModel | Any) -> ModelShape:
+def model_shape(model: str | Path | LoadedModel | ModelShape | Any) -> ModelShape:
     """The shape of a model reference (alias, .gguf, directory), a `LoadedModel` or a built model."""
+    if isinstance(model, ModelShape):
+        return model
     if isinstance(model, LoadedModel):
         return shape_of_model(model.model, model.ref)
     if hasattr(model, "parameters") and hasattr(model, "config"):

@@ -50,7 +50,9 @@ class PlanConfig(Config):
     """What to plan for: the target hardware, the sequence length and batch, formats, measurement."""
 
     hardware: str = THIS_MACHINE
-    """A row of the hardware table (`lmopt.select.hardware_table.TARGETS`), or `this` (measured here)."""
+    """`this` (this machine, measured) or a row of the hardware table: h100-sxm, h100-pcie, h200, a100-80gb,
+    a100-40gb, l4, l40s, a10g, rtx-4090, rtx-3090, rtx-4060, tpu-v5e, apple-m2, apple-m2-max, apple-m3,
+    apple-m3-max, xeon-8480, epyc-9654, graviton3."""
     context: int = Field(default=2048, ge=1)
     """Tokens per sequence (prompt + output) the KV cache must hold."""
     batch: int = Field(default=1, ge=1)
@@ -135,7 +137,7 @@ def _row(shape: ModelShape, fmt_name: str, target: Target, cfg: PlanConfig,
 
 
 def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 4)
+    return None if value is None else float(f"{value:.4g}")  # 4 significant digits
 
 
 def _compare(row: PlanRow, shape: ModelShape, target: Target, calibration: Calibration, measured: float,
@@ -172,16 +174,17 @@ def _loaded_as(model: str | LoadedModel | Any, dtype: str) -> LoadedModel:
     return LoadedModel(copy.deepcopy(model.model).to(getattr(torch, dtype)), model.tokenizer, model.ref)
 
 
-def plan(model: str | LoadedModel | Any, hardware: str | None = None, context: int | None = None,
-         batch: int | None = None, config: PlanConfig | None = None) -> PlanResult:
-    """Plan `model` (a reference, a LoadedModel or a built model) on `hardware` (see the module docstring).
-
-    `hardware`, `context` and `batch` override the config's."""
-    overrides = {k: v for k, v in {"hardware": hardware, "context": context, "batch": batch}.items() if v is not None}
+def plan(model: str | LoadedModel | ModelShape | Any, hardware: str | Target | None = None,
+         context: int | None = None, batch: int | None = None, config: PlanConfig | None = None) -> PlanResult:
+    """Plan `model` (a reference, a LoadedModel, a built model or a ModelShape) on `hardware` (a table name,
+    `this`, or a `Target` of your own); see the module docstring. Arguments override the config's."""
+    custom = hardware if isinstance(hardware, Target) else None
+    fields = {"hardware": None if custom else hardware, "context": context, "batch": batch}
+    overrides = {k: v for k, v in fields.items() if v is not None}
     cfg = PlanConfig.parse({**(config or PlanConfig()).to_dict(), **overrides}, where="plan")
     threads = cfg.threads or detect_hardware().threads
-    here = cfg.hardware.strip().lower() == THIS_MACHINE
-    target = with_price(get_target(cfg.hardware, threads=threads), cfg.price_per_hour)
+    here = custom is None and cfg.hardware.strip().lower() == THIS_MACHINE
+    target = with_price(custom or get_target(cfg.hardware, threads=threads), cfg.price_per_hour)
     shape = model_shape(model)
     calibration = None
     if here and not cfg.measure:
