@@ -13,8 +13,8 @@ from lmopt.select.selection_constraints import (
     METRICS,
     best_feasible,
     dominates,
-    parse_constraints,
     pareto_front,
+    parse_constraints,
 )
 
 

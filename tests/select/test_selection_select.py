@@ -20,6 +20,7 @@ from lmopt.select.selection_data import load_task_data
 from lmopt.select.selection_measure import percentile
 from lmopt.select.selection_ways import Seq2seqWay, fit_logistic
 
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny models gain nothing from threads, and on a shared machine two threads can wait on each other."""
@@ -34,7 +35,7 @@ FAST = dict(train_steps=8, latency_items=3, threads=1, batch_size=8, max_length=
 
 def sentiment_rows(n: int = 48, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
-    filler = "the a of to and in is was for on with as by at".split()
+    filler = ["the", "a", "of", "to", "and", "in", "is", "was", "for", "on", "with", "as", "by", "at"]
     rows = []
     for _ in range(n):
         label = rng.choice(["good", "bad"])
@@ -98,7 +99,8 @@ def test_select_measures_every_way_and_recommends_by_constraints(tmp_path):
 
 
 def test_encoder_decoder_trains_and_scores_text2text():
-    rows = [{"input": f"copy {w}", "output": w} for w in "alpha beta gamma delta kappa sigma omega theta".split() * 3]
+    words = ["alpha", "beta", "gamma", "delta", "kappa", "sigma", "omega", "theta"]
+    rows = [{"input": f"copy {w}", "output": w} for w in words * 3]
     data = load_task_data("text2text", rows, eval_data=rows[:8])
     cfg = SelectConfig(**{**FAST, "train_steps": 30, "finetune_lr": 3e-3})
     before = Seq2seqWay(candidate("t5", "seq2seq", "zero-shot", tiny_t5), tiny_t5(), data, cfg)
