@@ -17,7 +17,6 @@ below a typical trial's (a trial in progress at the deadline finishes).
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -29,12 +28,12 @@ from optuna.trial import TrialState
 
 from lmopt.errors import LmoptError
 from lmopt.evaluate import check_task
-from lmopt.io import atomic_directory, write_json
+from lmopt.io import write_json
 from lmopt.pipeline import Recipe, run_recipe
 from lmopt.select.optimize_config import OptimizeConfig
 from lmopt.select.optimize_front import choose_best, flat_metrics, front_of, objective_values, promising, violations
 from lmopt.select.optimize_measure import MeasureSpec, measure
-from lmopt.select.optimize_outputs import front_table, write_outputs
+from lmopt.select.optimize_outputs import drop_artifacts, write_outputs
 from lmopt.select.optimize_study import (
     counted_trials,
     open_study,
@@ -46,9 +45,11 @@ from lmopt.select.optimize_study import (
 )
 from lmopt.select.search_space import Candidate, Space, candidate_steps, default_params, suggest
 from lmopt.settings import lmopt_home
-from lmopt.step import NullRecorder, Step, StepContext, StepResult
+from lmopt.step import NullRecorder
 
 FIDELITIES = ("cheap", "full")
+MAX_REPEATS = 25
+"""The sampler drew only finished pipelines this many times in a row: the space is used up."""
 
 
 @dataclass
@@ -61,7 +62,7 @@ class OptimizeResult:
     counts: dict[str, int]
     spent_s: float
     stopped: str
-    """Why the run ended: `n_trials`, `budget`."""
+    """Why the run ended: `n_trials`, `budget`, `space exhausted`."""
     state: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -177,16 +178,28 @@ class Search:
         if self.config.promote == "all" or not any(r["full"] for r in records):
             return True  # the first full measurement makes the best-so-far exist after the first trial
         others = [(objective_values(r["estimate"], self.config), r["estimate_violations"]) for r in records
-                  if r["number"] != number]
+                  if r["number"] != number and r["estimate"]]  # repeats of a finished trial have none
         return promising(objective_values(estimate, self.config), missed, others, self.config.directions(),
                          self.config.promote_margin)
 
-    def run_trial(self) -> None:
+    def same_pipeline(self, params: dict[str, Any]) -> Any:
+        """A finished trial with these very parameters (small discrete spaces repeat), or None."""
+        done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        return next((t for t in done if t.params == params and "duplicate_of" not in t.user_attrs), None)
+
+    def run_trial(self) -> bool:
+        """Run one trial; False when it repeated a finished one (its figures are reused, nothing is run)."""
         trial = self.study.ask()
         started = time.time()
         cand = suggest(trial, self.space)
         trial.set_user_attr("candidate", cand.to_dict())
         trial.set_user_attr("label", cand.label())
+        earlier = self.same_pipeline(trial.params)
+        if earlier is not None:
+            trial.set_user_attr("duplicate_of", earlier.number)
+            set_constraints(trial, self.constraints, earlier.user_attrs.get("constraints", []))
+            self.study.tell(trial, earlier.values)
+            return False
         self.log(f"trial {trial.number}: {cand.label()}")
         try:
             try:
@@ -202,12 +215,13 @@ class Search:
                 trial.set_user_attr("seconds", round(time.time() - started, 1))
                 self.study.tell(trial, state=TrialState.FAIL)
                 self.log(f"  failed: {message}")
-                return
+                return True
         except KeyboardInterrupt:
             self.study.tell(trial, state=TrialState.FAIL)  # no `error`: the next run re-runs it
             raise
         trial.set_user_attr("seconds", round(time.time() - started, 1))
         self.study.tell(trial, objective_values(estimate, self.config))
+        return True
 
     def describe(self, metrics: dict[str, float], missed: list[float]) -> str:
         text = f"{self.config.objective} {metrics[self.config.objective]:.4g}, {metrics['decode_tok_s']:.1f} tok/s"
@@ -231,23 +245,8 @@ class Search:
         state = self.state()
         write_outputs(self.out, self.config, state)
         if not self.config.keep_artifacts:
-            self.drop_artifacts(state)
+            drop_artifacts(self.out, state)
         return state
-
-    def drop_artifacts(self, state: dict[str, Any]) -> None:
-        """Remove final-step outputs of candidates off the front (a later pipeline needing one rebuilds it)."""
-        workdir = (self.out / "steps").resolve()
-
-        def step_dir(model: str | None) -> Path | None:
-            path = Path(model).resolve() if model else None
-            return next((p for p in ([path, *path.parents] if path else []) if p.parent == workdir), None)
-
-        kept = {step_dir(r["model"]) for r in [*state["front"], *([state["best"]] if state["best"] else [])]}
-        for record in state["records"]:
-            for model in (record["cheap_model"], record["model"]):
-                found = step_dir(model)
-                if found is not None and found not in kept and found.exists():
-                    shutil.rmtree(found, ignore_errors=True)
 
     def run(self) -> OptimizeResult:
         requeued = recover_interrupted(self.study)
@@ -258,8 +257,11 @@ class Search:
         if not self.study.get_trials(deepcopy=False):
             for params in default_params(self.space) if self.config.enqueue_defaults else []:
                 self.study.enqueue_trial(params)
-        stopped = "n_trials"
+        stopped, repeats = "n_trials", 0
         while self.config.n_trials is None or counted_trials(self.study) < self.config.n_trials:
+            if repeats >= MAX_REPEATS:
+                stopped = "space exhausted"
+                break
             left = self.config.budget_min * 60 - self.spent()
             if left < self.trial_estimate_s():
                 if not self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -269,8 +271,11 @@ class Search:
                         f"measurements are kept in {self.out}); raise --budget-min")
                 stopped = "budget"
                 break
-            self.run_trial()
-            self.publish()
+            if self.run_trial():
+                repeats = 0
+                self.publish()
+            else:
+                repeats += 1
         state = self.publish()
         best = state["best"]
         best_model = self.out / "best" if best and (self.out / "best").exists() else None
@@ -293,31 +298,3 @@ def optimize(config: OptimizeConfig, base_dir: Path | None = None, log: Callable
     out = output_dir(config, base_dir)
     with run_lock(out):
         return Search(config, out, base_dir, log).run()
-
-
-def optimize_step(ctx: StepContext, config: OptimizeConfig) -> StepResult:
-    """Search pipelines under constraints; the chosen model becomes the recipe's current model.
-
-    `models` defaults to the recipe's current model; the search lives in `output` (default
-    `$LMOPT_HOME/optimize/<key>`), outside the step cache, so rerunning an interrupted recipe resumes it."""
-    fields: dict[str, Any] = {"models": config.models or [str(ctx.require_model())]}
-    if config.output:
-        fields["output"] = str(ctx.resolve_path(config.output))
-    if config.data_dir is None and ctx.data_dir is not None:
-        fields["data_dir"] = str(ctx.data_dir)
-    result = optimize(config.model_copy(update=fields), base_dir=ctx.base_dir, log=lambda _line: None)
-    best = result.best
-    metrics = {"output": str(result.output), "best_trial": best["number"] if best else None,
-               "pipeline": best["label"] if best else None, "feasible": bool(best and best["feasible"]),
-               "figures": best["full"] if best else None, "front": [r["number"] for r in result.front],
-               "counts": result.counts}
-    if result.best_model is None:
-        return StepResult(metrics=metrics)
-    source = result.best_model
-    atomic_directory(ctx.output, lambda tmp: shutil.copytree(source, tmp, dirs_exist_ok=True))
-    return StepResult(model=ctx.output, metrics=metrics)
-
-
-OPTIMIZE = Step("optimize", OptimizeConfig, optimize_step)
-
-__all__ = ["OPTIMIZE", "OptimizeConfig", "OptimizeResult", "front_table", "optimize"]

@@ -91,7 +91,7 @@ def metric_direction(name: str, objective: str | None = None) -> str:
     return "maximize" if name.rpartition(":")[2] in MAXIMIZED_TASK_METRICS else "minimize"
 
 
-CONSTRAINT = re.compile(r"^(?P<metric>.+?)\s*(?P<op>>=|<=|=>|=<|==|=|>|<)\s*(?P<bound>\S.*)$")
+CONSTRAINT = re.compile(r"^(?P<metric>[^<>=!]+?)\s*(?P<op>[<>=!]+)\s*(?P<bound>\S.*)$")
 
 
 def parse_constraint(text: str) -> Constraint:

@@ -4,6 +4,7 @@
 front of the fully measured candidates) with `recipes/trial-N.yaml` for each front point and the best
 (run it with `lmopt run` to rebuild and re-measure that point); `trials.json` (every trial, estimates
 included); `pareto.png`; `report.md`. `front_table` is the same front as a rich table.
+`drop_artifacts` removes the models of candidates that are neither on the front nor the best.
 """
 
 from __future__ import annotations
@@ -92,6 +93,23 @@ def write_outputs(out: Path, config: OptimizeConfig, state: dict[str, Any]) -> N
     write_json(out / "trials.json", state["records"])
     save_plot(out / "pareto.png", config, state)
     atomic_write_text(out / "report.md", report_markdown(config, state))
+
+
+def drop_artifacts(out: Path, state: dict[str, Any]) -> None:
+    """Remove final-step outputs of candidates off the front and not the best (prefixes stay; a later
+    pipeline that needs a removed output rebuilds it, as for any missing cache entry)."""
+    workdir = (out / "steps").resolve()
+
+    def step_dir(model: str | None) -> Path | None:
+        path = Path(model).resolve() if model else None
+        return next((p for p in ([path, *path.parents] if path else []) if p.parent == workdir), None)
+
+    kept = {step_dir(r["model"]) for r in [*state["front"], *([state["best"]] if state["best"] else [])]}
+    for record in state["records"]:
+        for model in (record["cheap_model"], record["model"]):
+            found = step_dir(model)
+            if found is not None and found not in kept and found.exists():
+                shutil.rmtree(found, ignore_errors=True)
 
 
 def _bound_lines(ax: Any, config: OptimizeConfig, reference: dict[str, Any]) -> None:

@@ -75,6 +75,7 @@ def set_constraints(trial: Any, constraints: list[Any], missed: list[float]) -> 
 def open_study(out: Path, config: OptimizeConfig) -> Any:
     """Create the study in `<out>/study.db` or load the one there (same config key required)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    out.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}",
                                          engine_kwargs={"connect_args": {"timeout": 60}})
     study = optuna.create_study(storage=storage, study_name=STUDY_NAME, load_if_exists=True,
@@ -112,9 +113,14 @@ def recover_interrupted(study: Any) -> list[int]:
 
 
 def counted_trials(study: Any) -> int:
-    """Trials that count against `n_trials`: finished ones and ones that failed on their own."""
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and "error" in t.user_attrs))
+    """Trials that count against `n_trials`: finished ones (not repeats of another) and ones that failed
+    on their own."""
+    def counts(t: Any) -> bool:
+        if t.state == TrialState.FAIL:
+            return "error" in t.user_attrs
+        return t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs
+
+    return sum(1 for t in study.get_trials(deepcopy=False) if counts(t))
 
 
 def trial_record(trial: Any) -> dict[str, Any]:
@@ -123,10 +129,12 @@ def trial_record(trial: Any) -> dict[str, Any]:
     error = attrs.get("error")
     if trial.state == TrialState.FAIL and error is None:
         error = "interrupted (its parameters are run again)"
+    if "duplicate_of" in attrs:
+        error = f"same pipeline as trial {attrs['duplicate_of']} (not run again)"
     return {"number": trial.number, "state": trial.state.name.lower(), "label": attrs.get("label", "-"),
             "candidate": attrs.get("candidate"), "params": dict(trial.params), "steps": attrs.get("steps", []),
             "estimate": attrs.get("estimate"), "estimate_violations": attrs.get("estimate_violations"),
             "full": attrs.get("full"), "violations": attrs.get("violations"), "model": attrs.get("model"),
             "cheap_model": attrs.get("cheap_model"), "seconds": attrs.get("seconds"), "error": error,
-            "retry_of": attrs.get("retry_of"), "feasible": bool(attrs.get("full")) and all(
-                v <= 0 for v in attrs.get("violations") or [])}
+            "retry_of": attrs.get("retry_of"), "duplicate_of": attrs.get("duplicate_of"),
+            "feasible": bool(attrs.get("full")) and all(v <= 0 for v in attrs.get("violations") or [])}
