@@ -141,6 +141,7 @@ def test_passing_gate_promotes_the_replayed_candidate(setup, models):
     assert "jane@example.com" not in trained and "<EMAIL>" in trained
     [run] = registry.query(kind="improve")
     assert run["metrics"]["promoted"] is True
+    assert [len(registry.query(kind=k)) for k in ("clean", "finetune", "quantize", "gate")] == [1, 1, 1, 1]
 
 
 def test_failing_gate_keeps_production(setup, models, tmp_path):

@@ -35,11 +35,11 @@ def _common(config_help: str) -> list[inspect.Parameter]:
             _option("json_out", None, "--json", Path | None, "Also write the result to this JSON file.")]
 
 
-def run_recipe_map(data: dict[str, Any], base_dir: Path, log: Any) -> dict[str, Any]:
-    """`improve`'s recipe runner: `lmopt.pipeline.run_recipe` on a recipe map."""
+def run_recipe_map(data: dict[str, Any], base_dir: Path, log: Any, registry: Any = None) -> dict[str, Any]:
+    """`improve`'s recipe runner: `lmopt.pipeline.run_recipe` on a recipe map, steps recorded in `registry`."""
     from lmopt.pipeline import Recipe, run_recipe  # lazy: the training stack, only when improve runs
 
-    return run_recipe(Recipe.parse(data, where="improve recipe"), base_dir, log=log)
+    return run_recipe(Recipe.parse(data, where="improve recipe"), base_dir, registry, log=log)
 
 
 # --- lmopt monitor drift ----------------------------------------------------------------------------

@@ -40,8 +40,9 @@ from lmopt.monitor.traffic import TrafficStore
 from lmopt.settings import default_data_dir, lmopt_home
 from lmopt.step import get_step
 
-RunRecipe = Callable[[dict[str, Any], Path, Callable[[str], Any]], dict[str, Any]]
-"""`run(recipe_map, base_dir, log) -> summary`: `lmopt.pipeline.run_recipe` on `Recipe.parse(recipe_map)`.
+RunRecipe = Callable[[dict[str, Any], Path, Callable[[str], Any], Registry], dict[str, Any]]
+"""`run(recipe_map, base_dir, log, registry) -> summary`: `lmopt.pipeline.run_recipe` on the parsed map,
+recording each step it runs in the registry.
 Passed in by the caller because `lmopt.monitor` sits below `lmopt.pipeline` in the package layering."""
 
 COMPRESSION_STEPS = ("quantize", "prune")
@@ -200,13 +201,13 @@ def improve(config: ImproveConfig | None = None, *, run: RunRecipe | None = None
     if run is None:
         raise LmoptError("improve: give `run` (lmopt.cli.monitoring.run_recipe_map) to run the recipe")
     started = aliases(reg).get(plan.alias)
-    cleaned = run({**plan.recipe, "steps": plan.recipe["steps"][:1]}, workdir, log)  # cached for the full run
+    cleaned = run({**plan.recipe, "steps": plan.recipe["steps"][:1]}, workdir, log, reg)  # cached for the full run
     kept = cleaned["steps"][0]["metrics"].get("rows_out", 0)
     if kept < config.min_rows:
         report.steps = cleaned["steps"]
         report.reason = f"{kept} training rows after cleaning, fewer than min_rows ({config.min_rows})"
         return _finish(report, reg, log)
-    summary = run(plan.recipe, workdir, log)
+    summary = run(plan.recipe, workdir, log, reg)
     report.steps = summary["steps"]
     candidate = Path(summary["output"])
     report.candidate = {"path": str(candidate), "hash": content_hash(candidate)}
