@@ -13,7 +13,7 @@
    question+answer texts (must improve beyond its interval) and arc_easy (must not drop).
 6. The gate checks a deliberately bad candidate (RTN W3 of the float model) against production.
 
-    .venv/bin/python benchmarks/monitor_scenario.py --json /tmp/monitor.json      # full: ~1-2 h, 2 cores
+    .venv/bin/python benchmarks/monitor_scenario.py --json /tmp/monitor.json      # full: not timed, 1 h+
     .venv/bin/python benchmarks/monitor_scenario.py --scale tiny                   # smoke test, tiny model
     .venv/bin/python benchmarks/monitor_scenario.py --no-serve --seeds 5           # drift calibration only:
         prompts recorded straight into the store, reference answers as responses; no model, ~1 minute
