@@ -10,6 +10,10 @@ number of tokens, so the mean over windows is the overall NLL). `decode_tokens_p
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
+import gc
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -113,8 +117,17 @@ def _rss_kb(field: str) -> int | None:
     return None
 
 
+def _release_free_heap() -> None:
+    """Give freed heap memory back to the OS (glibc malloc_trim), so that the next pass's working
+    memory shows as a rise of the resident size instead of reusing pages kept from earlier passes."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: the rise may be under-counted
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+
+
 def _reset_peak_rss() -> bool:
     """Reset this process's resident-memory high-water mark (Linux: clear_refs 5)."""
+    _release_free_heap()
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
@@ -126,8 +139,9 @@ def peak_memory_mb(model: Any, tokenizer: Any, *, prompt_len: int = 512) -> floa
     """Weights plus the working memory of one forward pass over a `prompt_len`-token prompt, in MB.
 
     The working memory is the rise of the peak over the level before the pass: CUDA's allocator
-    statistics on a GPU, the process's resident high-water mark (reset first) on Linux CPUs. Where
-    neither exists, only the weights are counted.
+    statistics on a GPU, the process's resident high-water mark on Linux CPUs (freed heap returned
+    to the OS and the mark reset first, so repeats agree to about 1 MB). Where neither exists, only
+    the weights are counted.
     """
     import torch  # lazy: start-up cost (torch takes about a second to import)
 

@@ -133,6 +133,8 @@ def measure_memory(gate: MemoryGate, base: LoadedModel, cand: LoadedModel, suite
     def memory(m: LoadedModel) -> float:
         return peak_memory_mb(m.model, m.tokenizer, prompt_len=gate.prompt_len)
 
+    for m in (base, cand):  # warm-up: one-time allocations (caches, thread pools) are not the model's
+        memory(m)
     a, b = _alternate(memory, base, cand, gate.repeats)
     common = {"kind": "memory", "baseline": statistics.mean(a), "candidate": statistics.mean(b), "n": gate.repeats,
               "unit": "repeats", "samples": {"baseline": a, "candidate": b},
