@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import typer
 import yaml
 
 import lmopt.cli
 import lmopt.models.load
-from lmopt.cli_monitor import register
 from lmopt.models import content_hash, load_model, save_model, save_tiny_llama
 
 SUITE = {"name": "cli", "dtype": "float32", "resamples": 300,
@@ -36,12 +34,7 @@ def setup(tmp_path_factory):
 
 @pytest.fixture
 def lmopt_cli(monkeypatch, tmp_path, capsys):
-    """Run `lmopt ARGS` through lmopt.cli.main; until the lead wires register(app) into the real app,
-    the real main runs an app holding only these commands. Returns (exit code, stdout, stderr)."""
-    if not any(c.name == "check" for c in lmopt.cli.app.registered_commands):
-        app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
-        register(app)
-        monkeypatch.setattr(lmopt.cli, "app", app)
+    """Run `lmopt ARGS` through the real entry point; returns (exit code, stdout, stderr)."""
     # The commands point `@alias` resolution at their registry; put the process-wide table back after.
     monkeypatch.setattr(lmopt.models.load, "REFERENCE_RESOLVERS", dict(lmopt.models.load.REFERENCE_RESOLVERS))
     monkeypatch.setenv("COLUMNS", "300")  # rich tables print whole hashes and paths
