@@ -13,13 +13,17 @@ with every term measured without running the planned model:
    in fp32 and in bf16: bytes / time over the copy bandwidth is `efficiency[dtype]` (int8 and int4 take
    bf16's: there is no faster CPU kernel for them in PyTorch to time).
 So the measured decode of the model itself (fp32 and bf16, `measure_decode`) is a check out of sample.
+Every figure is the median over rounds that each run every probe once (`interleaved`): on a shared
+machine the load drifts, and interleaving lets the drift weigh on calibration and check alike.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -93,50 +97,79 @@ def fit_overhead(step_s: dict[int, float]) -> tuple[float, float]:
     return max(0.0, t1 - per_layer * l1), per_layer
 
 
-def matvec_seconds(matrices: tuple[tuple[int, int], ...], dtype_name: str, repeats: int = 3,
-                   max_bytes: float = 600e6) -> float:
-    """Seconds to multiply one vector by each matrix (best of `repeats`), scaled up when only the first
-    `max_bytes` of matrices were allocated (large models)."""
-    import torch  # lazy: see torch_threads
+class MatvecProbe:
+    """Times one vector multiplied by each matrix of a model (real shapes, random values) in one dtype.
+    Only the first `max_bytes` of matrices are allocated for large models; the time is scaled up."""
 
-    dtype = getattr(torch, dtype_name)
-    size = torch.finfo(dtype).bits // 8
-    chosen, total = [], 0
-    for rows, cols in matrices:
-        if chosen and total + rows * cols * size > max_bytes:
-            break
-        chosen.append((rows, cols))
-        total += rows * cols * size
-    weights = [torch.randn(r, c, dtype=dtype) for r, c in chosen]
-    vectors = {c: torch.randn(1, c, dtype=dtype) for _, c in chosen}
-    best = float("inf")
-    with torch.inference_mode():
-        for _ in range(repeats + 1):  # the first pass warms up (page faults, kernel selection)
-            start = time.perf_counter()
-            for w in weights:
-                torch.nn.functional.linear(vectors[w.shape[1]], w)
-            best = min(best, time.perf_counter() - start)
-    all_bytes = sum(r * c for r, c in matrices) * size
-    return best * all_bytes / total
+    def __init__(self, matrices: tuple[tuple[int, int], ...], dtype_name: str, max_bytes: float = 600e6):
+        import torch  # lazy: see torch_threads
+
+        dtype = getattr(torch, dtype_name)
+        size = torch.finfo(dtype).bits // 8
+        chosen, total = [], 0
+        for rows, cols in matrices:
+            if chosen and total + rows * cols * size > max_bytes:
+                break
+            chosen.append((rows, cols))
+            total += rows * cols * size
+        self.weights = [torch.randn(r, c, dtype=dtype) for r, c in chosen]
+        self.vectors = {c: torch.randn(1, c, dtype=dtype) for _, c in chosen}
+        self.scale = sum(r * c for r, c in matrices) * size / total
+        self.one_pass()  # warm-up: page faults, kernel selection
+
+    def one_pass(self) -> float:
+        import torch  # lazy: see torch_threads
+
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for w in self.weights:
+                torch.nn.functional.linear(self.vectors[w.shape[1]], w)
+        return (time.perf_counter() - start) * self.scale
+
+    def __call__(self, passes: int = 3) -> float:
+        """Median seconds of `passes` passes over all matrices."""
+        return statistics.median(self.one_pass() for _ in range(passes))
 
 
-def calibrate(shape: ModelShape, target: Target, threads: int, new_tokens: int = 32) -> Calibration:
-    """Time the tiny models and `shape`'s matrices on this machine (see the module docstring)."""
-    measurements: dict[str, float] = {}
-    tiny_steps = {}
+def calibration_probes(shape: ModelShape, threads: int, new_tokens: int = 32) -> dict[str, Callable[[], float]]:
+    """The measurements a calibration needs, each a call returning one figure."""
+    tiny = {layers: tiny_llama(num_layers=layers) for layers in TINY_LAYERS}
+    probes: dict[str, Callable[[], float]] = {
+        f"tiny_llama_{layers}_layers_tok_s": functools.partial(measure_decode, model, threads, new_tokens, 1)
+        for layers, model in tiny.items()}
+    for fmt, dtype in (("fp32", "float32"), ("bf16", "bfloat16")):
+        probes[f"matvec_{fmt}_s"] = MatvecProbe(shape.matrices, dtype)
+    return probes
+
+
+def interleaved(probes: dict[str, Callable[[], float]], rounds: int, threads: int) -> dict[str, float]:
+    """The median of each probe over `rounds` rounds that run every probe once: on a shared machine the
+    load drifts, and interleaving spreads the drift over every figure alike."""
+    samples: dict[str, list[float]] = {name: [] for name in probes}
     with torch_threads(threads):
-        for layers in TINY_LAYERS:
-            rate = measure_decode(tiny_llama(num_layers=layers), threads, new_tokens)
-            measurements[f"tiny_llama_{layers}_layers_tok_s"] = rate
-            tiny_steps[layers] = 1 / rate
-        efficiency = {}
-        for fmt, dtype in (("fp32", "float32"), ("bf16", "bfloat16")):
-            seconds = matvec_seconds(shape.matrices, dtype)
-            measurements[f"matvec_{fmt}_s"] = seconds
-            ideal = sum(make_format(fmt).matrix_bytes(r, c) for r, c in shape.matrices) / (target.bandwidth_gbs * 1e9)
-            efficiency[fmt] = round(min(1.0, ideal / seconds), 4)
-    fixed, per_layer = fit_overhead(tiny_steps)
-    return Calibration(threads, fixed, per_layer, efficiency, shape.name, measurements)
+        for _ in range(rounds):
+            for name, probe in probes.items():
+                samples[name].append(probe())
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def calibration_from(measurements: dict[str, float], shape: ModelShape, target: Target,
+                     threads: int) -> Calibration:
+    """The calibration the probes' figures give (see the module docstring)."""
+    fixed, per_layer = fit_overhead({layers: 1 / measurements[f"tiny_llama_{layers}_layers_tok_s"]
+                                     for layers in TINY_LAYERS})
+    efficiency = {}
+    for fmt in ("fp32", "bf16"):
+        ideal = sum(make_format(fmt).matrix_bytes(r, c) for r, c in shape.matrices) / (target.bandwidth_gbs * 1e9)
+        efficiency[fmt] = round(min(1.0, ideal / measurements[f"matvec_{fmt}_s"]), 4)
+    kept = {k: round(v, 6) for k, v in measurements.items() if k.startswith(("tiny_", "matvec_"))}
+    return Calibration(threads, fixed, per_layer, efficiency, shape.name, kept)
+
+
+def calibrate(shape: ModelShape, target: Target, threads: int, new_tokens: int = 32, rounds: int = 3) -> Calibration:
+    """Time the tiny models and `shape`'s matrices on this machine (see the module docstring)."""
+    probes = calibration_probes(shape, threads, new_tokens)
+    return calibration_from(interleaved(probes, rounds, threads), shape, target, threads)
 
 
 def _cache_key(threads: int) -> str:

@@ -14,6 +14,7 @@ bf16, so the calibrated estimate, the pure roofline and the measurement stand si
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -24,7 +25,9 @@ from lmopt.hardware import detect_hardware
 from lmopt.models import LoadedModel, load_model
 from lmopt.select.calibrate import (
     Calibration,
-    calibrate,
+    calibration_from,
+    calibration_probes,
+    interleaved,
     load_calibration,
     measure_decode,
     measured_context,
@@ -69,6 +72,8 @@ class PlanConfig(Config):
     """On `this` hardware: calibrate and measure batch-1 decode (fp32 and bf16; about a minute)."""
     new_tokens: int = Field(default=32, ge=4)
     """Tokens generated per measured decode run."""
+    rounds: int = Field(default=3, ge=1)
+    """Rounds of measurement on this machine; each figure is the median over rounds."""
 
 
 @dataclass
@@ -154,14 +159,20 @@ def _compare(row: PlanRow, shape: ModelShape, target: Target, calibration: Calib
 
 def _measure_here(model: str | LoadedModel | Any, shape: ModelShape, target: Target, cfg: PlanConfig,
                   threads: int, rows: list[PlanRow]) -> tuple[Calibration, int]:
-    """Calibrate from microbenchmarks, then measure the model itself in fp32 and bf16 (the check)."""
-    calibration = calibrate(shape, target, threads, cfg.new_tokens)
+    """Calibrate from the probes (tiny models, matrix timings) and measure the model itself in fp32 and
+    bf16 (the check), interleaved round by round so a drifting load weighs on both alike."""
+    probes = calibration_probes(shape, threads, cfg.new_tokens)
+    measured = [r.format for r in rows if r.format in MEASURABLE]
+    for fmt in measured:
+        loaded = _loaded_as(model, MEASURABLE[fmt])
+        probes[f"model_{fmt}_tok_s"] = functools.partial(measure_decode, loaded, threads, cfg.new_tokens, 1)
+    figures = interleaved(probes, cfg.rounds, threads)
+    calibration = calibration_from(figures, shape, target, threads)
     store_calibration(calibration)
     context = measured_context(cfg.new_tokens)
     for row in rows:
-        if row.format in MEASURABLE:
-            rate = measure_decode(_loaded_as(model, MEASURABLE[row.format]), threads, cfg.new_tokens)
-            _compare(row, shape, target, calibration, rate, context)
+        if row.format in measured:
+            _compare(row, shape, target, calibration, figures[f"model_{row.format}_tok_s"], context)
     return calibration, context
 
 

@@ -1,0 +1,54 @@
+"""`plan` on this machine: calibration from microbenchmarks, checked against measured decode."""
+
+from __future__ import annotations
+
+import pytest
+
+from lmopt.select.calibrate import MatvecProbe, fit_overhead, load_calibration
+from lmopt.select.hardware_table import Target
+from lmopt.select.plan import PlanConfig, plan
+
+
+def test_overhead_line_through_two_tiny_models():
+    fixed, per_layer = fit_overhead({2: 0.004, 8: 0.010})  # 1 ms per layer, 2 ms fixed
+    assert fixed == pytest.approx(0.002) and per_layer == pytest.approx(0.001)
+    assert fit_overhead({8: 0.003, 2: 0.004}) == (0.004, 0.0)  # noise never gives a negative slope
+
+
+def test_matvec_timing_scales_to_all_matrices():
+    whole = MatvecProbe(((64, 64),) * 4, "float32")
+    capped = MatvecProbe(((64, 64),) * 4, "float32", max_bytes=2 * 64 * 64 * 4)
+    assert len(whole.weights) == 4 and whole.scale == 1
+    assert len(capped.weights) == 2 and capped.scale == 2  # times 2 of the 4 matrices and doubles it
+    assert whole(passes=1) > 0 and capped() > 0
+
+
+def test_plan_here_measures_and_calibrates_a_tiny_model(tiny):
+    result = plan(tiny, "this", context=64, config=PlanConfig(threads=1, new_tokens=8, rounds=1,
+                                                                     formats=["fp32", "bf16"]))
+    for fmt in ("fp32", "bf16"):
+        row = result.row(fmt)
+        assert row.measured_decode_tok_s > 0 and row.estimate_at_measured > 0 and row.error_pct is not None
+    assert result.target["measured"] and result.calibration["threads"] == 1
+    assert load_calibration(1) is not None  # stored for later plans without measuring
+    again = plan(tiny, "this", context=64, config=PlanConfig(threads=1, measure=False))
+    assert again.row("bf16").decode_tok_s_calibrated is not None and again.row("bf16").measured_decode_tok_s is None
+
+
+def test_a_custom_target_is_never_measured(tiny):
+    mine = Target("mine", "gpu", 16, 500, 50, None, None, 1.0, "mine", "mine")
+    result = plan(tiny, mine, context=128, config=PlanConfig(measure=True))
+    assert result.calibration is None and result.row("fp32").measured_decode_tok_s is None
+    assert result.target["name"] == "mine"
+
+
+@pytest.mark.integration
+def test_plan_within_30_percent_of_measured_bf16_decode_of_the_embedded_model():
+    """The goal of issue 15: the calibrated estimate for this CPU within 30% of the measured bf16 decode
+    rate of the embedded model. The calibration never runs the model (tiny models + matrix timings), so
+    the check is out of sample; the pure roofline is shown beside it and is far off at batch 1."""
+    result = plan("smollm2-135m-instruct", "this", context=2048, config=PlanConfig(threads=1, new_tokens=32))
+    row = result.row("bf16")
+    assert row.measured_decode_tok_s > 0
+    assert abs(row.error_pct) <= 30, (row, result.calibration)
+    assert row.roofline_at_measured > row.measured_decode_tok_s  # the bound is a bound
