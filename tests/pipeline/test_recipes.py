@@ -11,7 +11,8 @@ from lmopt.pipeline import Recipe, load_recipe_file, run_recipe
 SHIPPED = sorted((Path(lmopt.__file__).parent / "recipes").glob("*.yaml"))
 SPACES = [p for p in SHIPPED if p.stem.endswith("-space")]  # search spaces for `lmopt tune`
 SUITES = [p for p in SHIPPED if p.stem.startswith("suite-")]  # benchmark suites for `lmopt check`
-RECIPES = [p for p in SHIPPED if p not in SPACES and p not in SUITES]
+IMPROVE = [p for p in SHIPPED if p.stem.startswith("improve-")]  # `lmopt improve --config` maps
+RECIPES = [p for p in SHIPPED if p not in SPACES and p not in SUITES and p not in IMPROVE]
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
@@ -33,6 +34,13 @@ def test_shipped_suite_validates(path):
 
     suite = load_suite(path)
     assert suite.tasks or suite.perplexity
+
+
+@pytest.mark.parametrize("path", IMPROVE, ids=[p.stem for p in IMPROVE])
+def test_shipped_improve_config_validates(path):
+    from lmopt.monitor.config import ImproveConfig
+
+    assert ImproveConfig.from_yaml(path)
 
 
 def test_evaluate_embedded_recipe_runs_on_a_tiny_model(tmp_path, tiny_dir):

@@ -68,10 +68,23 @@ def _serve_command() -> Any:
             traffic = TrafficStore(telemetry.traffic_url, scrub_pii=telemetry.scrub_pii,
                                    max_rows=telemetry.traffic_max_rows, max_days=telemetry.traffic_max_days)
         serve(values["model"], engine_config, server_config, values["dtype"], traffic=traffic,
-              sample_rate=telemetry.sample_rate)
+              sample_rate=telemetry.sample_rate, on_app=_drift_monitor(telemetry, traffic))
 
     return build_command("serve", "Serve a model behind an OpenAI-compatible API (continuous batching, "
                          "streaming).", params, body)
+
+
+def _drift_monitor(telemetry: TelemetryConfig, traffic: Any) -> Any:
+    """A callback that starts the drift check beside the server, when a reference is given."""
+    if telemetry.drift_reference is None:
+        return None
+    from lmopt.monitor import Registry  # lazy: sqlalchemy only when monitoring
+    from lmopt.monitor.drift_monitor import DriftMonitorConfig, start_drift_monitor
+
+    config = DriftMonitorConfig(reference=telemetry.drift_reference, window=telemetry.drift_window,
+                                every_requests=telemetry.drift_every, webhook=telemetry.drift_webhook)
+    return lambda app: start_drift_monitor(traffic, config, publish=app.state.telemetry.set_drift,
+                                           registry=Registry())
 
 
 def _bench_serve_command() -> Any:

@@ -85,3 +85,19 @@ class TelemetryConfig(Config):
     """Keep at most this many recorded requests (oldest dropped)."""
     traffic_max_days: float | None = Field(default=None, gt=0)
     """Drop recorded requests older than this."""
+    drift_reference: str | None = None
+    """Check drift while serving: recorded prompts against this reference (a dataset file, or a traffic
+    window such as `range:A..B`); alerts go to the log, /metrics (`lmopt_drift_alert`) and the webhook.
+    Needs `traffic`."""
+    drift_window: int = Field(default=200, ge=1)
+    """Latest recorded requests compared with the reference at each check."""
+    drift_every: int = Field(default=20, ge=1)
+    """Check after this many new recorded requests."""
+    drift_webhook: str | None = None
+    """POST each alert as JSON to this URL."""
+
+    @model_validator(mode="after")
+    def _drift_needs_traffic(self) -> TelemetryConfig:
+        if self.drift_reference is not None and not self.traffic:
+            raise ValueError("drift_reference: drift is checked on recorded requests; turn on traffic")
+        return self

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +59,13 @@ def _uvicorn_server(app: Any, config: ServerConfig) -> Any:
 
 
 def serve(model: str, engine_config: EngineConfig, server_config: ServerConfig, dtype: str = "auto",
-          log: Any = print, traffic: TrafficSink | None = None, sample_rate: float = 1.0) -> None:
-    """Serve `model` until interrupted (blocking); see `build_app` for `traffic` and `sample_rate`."""
+          log: Any = print, traffic: TrafficSink | None = None, sample_rate: float = 1.0,
+          on_app: Callable[[Any], Any] | None = None) -> None:
+    """Serve `model` until interrupted (blocking); see `build_app` for `traffic` and `sample_rate`.
+    `on_app(app)` runs once the app is built (the CLI starts the drift monitor there)."""
     app = build_app(model, engine_config, server_config, dtype, traffic, sample_rate)
+    if on_app is not None:
+        on_app(app)
     log(f"lmopt serving {model} on http://{server_config.host}:{server_config.port}/v1 "
         f"(max batch {engine_config.max_batch}{', API key required' if server_config.api_key else ''})")
     if traffic is not None:
