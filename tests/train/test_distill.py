@@ -95,9 +95,11 @@ def test_distillation_pulls_student_towards_teacher(teacher, loss):
 
 def test_hidden_matching_with_projection_and_topk_cache(tmp_path, teacher):
     narrow = tiny_llama(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, seed=3)
+    n_student = sum(p.numel() for p in narrow.model.parameters())
     result = distill(teacher, narrow, _docs(), DistillConfig(hidden_weight=1.0, seq_len=48, max_steps=3))
     assert not hasattr(result.model.model, "lmopt_distill_projection")
-    assert result.metrics["trainable_parameters"] > sum(p.numel() for p in narrow.model.parameters())
+    # the student plus one Linear(32 -> 64, no bias) per student layer, which trains but does not ship
+    assert result.metrics["trainable_parameters"] == n_student + 2 * 32 * 64
     student = student_from_teacher(teacher, 2)
     config = DistillConfig(teacher_topk=8, seq_len=48, max_steps=4, epochs=2)
     distill(teacher, student, _docs(), config, run_dir=tmp_path)
@@ -115,3 +117,8 @@ def test_distill_lora_student(teacher):
     student = LoadedModel(copy.deepcopy(teacher.model), teacher.tokenizer, "copy")
     result = distill(teacher, student, _docs(), DistillConfig(method="lora", seq_len=48, max_steps=2))
     assert not hasattr(result.model.model, "peft_config")
+    # Merged adapters moved exactly the LoRA-targeted projections; everything else is the teacher's.
+    targets = tuple(f"{t}.weight" for t in DistillConfig(method="lora").lora_targets)
+    teacher_state = teacher.model.state_dict()
+    for name, tensor in result.model.model.state_dict().items():
+        assert torch.equal(tensor, teacher_state[name]) != name.endswith(targets), name

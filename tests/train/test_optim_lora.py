@@ -76,7 +76,11 @@ def test_lora_merge_equals_unmerged_forward(tiny):
         copy.deepcopy(tiny.model), r=4, alpha=8, dropout=0.0, targets=["q_proj", "v_proj", "down_proj"]
     )
     trainable, total = trainable_counts(model)
-    assert 0 < trainable < total
+    # r x (in + out) per adapted Linear (A is r x in, B is out x r), counted on the base model
+    expected = sum(4 * (m.in_features + m.out_features) for name, m in tiny.model.named_modules()
+                   if name.rsplit(".", 1)[-1] in ("q_proj", "v_proj", "down_proj"))
+    assert expected == 2 * 4 * ((64 + 64) + (64 + 32) + (128 + 64))  # 2 layers, by hand
+    assert trainable == expected and total == expected + sum(p.numel() for p in tiny.model.parameters())
     assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
     torch.manual_seed(1)
     for name, param in model.named_parameters():  # B starts at zero: make the adapters do something

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lmopt.models import content_hash
 from lmopt.pipeline import Recipe, load_recipe_file, run_recipe
 from lmopt.step import get_step
 
@@ -64,7 +65,7 @@ def test_shipped_recipes_run_on_tiny(tmp_path, tiny_dir, name):
     out = Path(record["model"])
     assert (out / "config.json").exists() and (out / "lmopt.json").exists()
     card = json.loads((out / "lmopt.json").read_text())
-    assert card["step"] == step_name and card["parent_hash"]
+    assert card["step"] == step_name and card["parent_hash"] == content_hash(tiny_dir)
     assert record["metrics"]["steps"] == 2 and not list((tmp_path / "work").glob("*.run"))
     if step_name == "distill":
         assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 1
@@ -91,7 +92,7 @@ def _cli(args: list[str]) -> int:
     return 0
 
 
-def test_cli_train_and_distill(tmp_path, tiny_dir, monkeypatch):
+def test_cli_train_and_distill(tmp_path, tiny_dir, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LMOPT_HOME", str(tmp_path / "home"))
     data = _text(tmp_path)
@@ -140,4 +141,7 @@ def test_cli_train_and_distill(tmp_path, tiny_dir, monkeypatch):
         == 0
     )
     assert json.loads((tmp_path / "st" / "config.json").read_text())["num_hidden_layers"] == 1
+    capsys.readouterr()
     assert _cli(["train", str(tiny_dir), "--data", str(tmp_path / "nope.txt"), "--output", "x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "nope.txt" in err and "\n" not in err and "Traceback" not in err  # one line naming the file
