@@ -126,16 +126,18 @@ def test_too_small_a_budget_is_one_clear_error(tiny_dir, tmp_path):
 
 
 def test_pipelines_sharing_a_prefix_compute_it_once(tiny_dir, tmp_path):
-    config = prepare(tiny_config(tiny_dir, tmp_path / "out"), tmp_path)
+    config = prepare(tiny_config(tiny_dir, tmp_path / "out", train_data="pydoc-train"), tmp_path)
     logs: list[str] = []
     search = Search(config, tmp_path / "out", tmp_path, logs.append)
-    common = {"base": str(tiny_dir), "prune": "structured", "prune_amount": 0.25, "dtype": "float32"}
-    first, _ = search.build(Candidate(**common, quantize="rtn", bits=8), "cheap")
+    assert search.space.finetune == ("none", "lora")  # searched because there is training data
+    common = {"base": str(tiny_dir), "finetune": "lora", "prune": "structured", "prune_amount": 0.25,
+              "dtype": "float32"}
+    first, steps = search.build(Candidate(**common, quantize="rtn", bits=8), "cheap")
     second, _ = search.build(Candidate(**common, quantize="gptq", bits=4, group_size=32), "cheap")
-    assert first != second
-    assert [line.split("(")[0].strip() for line in logs] == ["[1/2] prune", "[2/2] quantize", "[1/2] prune",
-                                                             "[2/2] quantize"]
-    assert logs[2].endswith("cached") and not logs[3].endswith("cached")
+    assert first != second and steps[0]["finetune"]["max_steps"] == TINY["finetune_steps"]
+    assert [line.split("(")[0].strip() for line in logs] == [
+        "[1/3] finetune", "[2/3] prune", "[3/3] quantize", "[1/3] finetune", "[2/3] prune", "[3/3] quantize"]
+    assert [line.endswith("cached") for line in logs] == [False, False, False, True, True, False]
 
 
 def test_isolated_measurement_equals_the_in_process_one(tiny_dir, tmp_path):

@@ -277,6 +277,8 @@ class Search:
             else:
                 repeats += 1
         state = self.publish()
+        if (self.out / "scratch").is_dir() and not any((self.out / "scratch").iterdir()):
+            (self.out / "scratch").rmdir()
         best = state["best"]
         best_model = self.out / "best" if best and (self.out / "best").exists() else None
         return OptimizeResult(self.out, best, best_model, state["front"], state["any_feasible"], state["counts"],

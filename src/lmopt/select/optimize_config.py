@@ -169,6 +169,9 @@ class SpaceConfig(Config):
     """Weight bits of rtn/gptq/awq (w8a8 is 8-bit)."""
     group_sizes: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
     """Group sizes below 8 bits (8 bits is per channel, the layout of the fast int8 kernel)."""
+    lm_head_bits: list[int] = Field(default_factory=lambda: [8], min_length=1)
+    """Bits of the lm_head under rtn/gptq/awq. 8 (per channel) is the default; 4 reads half the bytes per
+    decoded token (the tied 49152 x 576 lm_head of SmolLM2 is the largest single read) at a quality cost."""
     prune: list[Literal["none", "structured", "wanda", "sparsegpt", "magnitude"]] = Field(
         default_factory=lambda: ["none", "structured"], min_length=1)
     """Pruning kinds tried. Unstructured sparsity (wanda, sparsegpt, magnitude) makes no dense CPU
@@ -186,7 +189,7 @@ class SpaceConfig(Config):
     threads: list[int] | None = None
     """Intra-op threads tried (default: this machine's physical cores)."""
 
-    @field_validator("bits")
+    @field_validator("bits", "lm_head_bits")
     @classmethod
     def _bits(cls, value: list[int]) -> list[int]:
         if any(b < 2 or b > 8 for b in value):
@@ -231,7 +234,8 @@ class OptimizeConfig(Config):
     quality_reference_dtype: Literal["float32", "bfloat16"] = "float32"
     """Dtype of the reference's quality measurement (quality_ratio, ppl_ratio)."""
     speed_reference_dtype: Literal["float32", "bfloat16"] = "bfloat16"
-    """Dtype of the reference's speed measurement (decode_speedup)."""
+    """Dtype of the reference's speed measurement (decode_speedup). The reference runs with the most
+    threads in the space."""
     space: SpaceConfig = Field(default_factory=SpaceConfig)
     """The search space."""
     cheap: FidelityConfig = Field(default_factory=_cheap)

@@ -12,6 +12,8 @@ from typing import Any
 
 from lmopt.select.optimize_config import Constraint, OptimizeConfig, task_metric
 
+BOOKKEEPING = ("tokens", "windows", "seq_len", "n", "nll")
+"""Task figures that say how much was measured, not how good the model is (left out of the metrics)."""
 MACHINE_KEYS = ("decode_tok_s", "prefill_tok_s", "ttft_ms", "token_ms", "peak_mb", "size_mb", "params_m")
 
 
@@ -23,7 +25,7 @@ def flat_metrics(measured: dict[str, Any], config: OptimizeConfig,
     flat: dict[str, float] = {key: measured[key] for key in MACHINE_KEYS if measured.get(key) is not None}
     for task, figures in measured.get("tasks", {}).items():
         for name, value in figures.items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
+            if name not in BOOKKEEPING and isinstance(value, int | float) and not isinstance(value, bool):
                 flat[f"{task}:{name}"] = value
     if reference:
         objective = config.objective

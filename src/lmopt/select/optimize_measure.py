@@ -34,7 +34,6 @@ from lmopt.evaluate.speed import benchmark_speed
 from lmopt.hardware import apply_threads, peak_rss_mb
 from lmopt.io import size_on_disk_mb, write_json
 from lmopt.models import load_model
-from lmopt.models.load import resolve
 from lmopt.select.optimize_config import FidelityConfig
 
 
@@ -124,12 +123,6 @@ def measure(spec: MeasureSpec, isolate: bool, scratch: Path) -> dict[str, Any]:
     if isolate:
         return measure_isolated(spec, scratch)
     return measure_here(spec)
-
-
-def local_model(ref: str) -> str:
-    """A base model reference as a local directory when it is one (aliases and .gguf files converted)."""
-    where = resolve(ref)
-    return str(where)
 
 
 def _exit_with_parent() -> None:

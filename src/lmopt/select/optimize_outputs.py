@@ -81,8 +81,13 @@ def copy_best(out: Path, record: dict[str, Any]) -> Path | None:
 def write_outputs(out: Path, config: OptimizeConfig, state: dict[str, Any]) -> None:
     """Write every file listed in the module docstring from `state` (front, best, records, references)."""
     front, best = state["front"], state["best"]
+    names = set()
     for record in [*front, *([best] if best else [])]:
+        names.add(f"trial-{record['number']}.yaml")
         atomic_write_text(out / "recipes" / f"trial-{record['number']}.yaml", recipe_yaml(record, config))
+    for stale in (out / "recipes").glob("trial-*.yaml"):  # points that left the front
+        if stale.name not in names:
+            stale.unlink()
     if best is not None:
         kept = copy_best(out, best)
         write_json(out / "best.json", {**point_summary(best, config), "path": str(kept) if kept else None})

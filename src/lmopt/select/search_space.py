@@ -33,6 +33,7 @@ class Candidate:
     quantize: str = "none"
     bits: int = 16
     group_size: int = 0
+    lm_head_bits: int = 8
     dtype: str = "float32"
     threads: int = 1
 
@@ -49,7 +50,8 @@ class Candidate:
         if self.quantize == "w8a8":
             parts.append("w8a8")
         elif self.quantize != "none":
-            parts.append(f"{self.quantize} w{self.bits}" + (f" g{self.group_size}" if self.group_size else ""))
+            parts.append(f"{self.quantize} w{self.bits}" + (f" g{self.group_size}" if self.group_size else "")
+                         + (f" head{self.lm_head_bits}" if self.lm_head_bits != 8 else ""))
         parts.append(f"{self.dtype} x{self.threads}")
         return ", ".join(parts)
 
@@ -103,6 +105,7 @@ def suggest(trial: Any, space: Space) -> Candidate:
         fields["bits"] = pick("bits", list(cfg.bits))
         if fields["bits"] < 8:
             fields["group_size"] = pick("group_size", list(cfg.group_sizes))
+        fields["lm_head_bits"] = pick("lm_head_bits", list(cfg.lm_head_bits))
     elif quantize == "w8a8":
         fields["bits"] = 8
     fields["dtype"] = pick("dtype", list(cfg.dtypes))
@@ -116,12 +119,14 @@ def default_params(space: Space) -> list[dict[str, Any]]:
     dtype = detect_hardware().dtype if detect_hardware().dtype in cfg.dtypes else cfg.dtypes[0]
     common = {"base": space.models[0], "finetune": "none", "dtype": dtype, "threads": max(space.threads)}
     wanted = [
-        {"prune": "none", "quantize": "rtn", "bits": 8},
-        {"prune": "none", "quantize": "gptq", "bits": 4, "group_size": 128},
-        {"prune": "structured", "prune_amount": 0.25, "prune_layers": 0, "quantize": "rtn", "bits": 8},
+        {"prune": "none", "quantize": "rtn", "bits": 8, "lm_head_bits": 8},
+        {"prune": "none", "quantize": "gptq", "bits": 4, "group_size": 128, "lm_head_bits": 8},
+        {"prune": "structured", "prune_amount": 0.25, "prune_layers": 0, "quantize": "rtn", "bits": 8,
+         "lm_head_bits": 8},
     ]
     choices = {"prune": cfg.prune, "quantize": cfg.quantize, "bits": cfg.bits, "group_size": cfg.group_sizes,
-               "prune_amount": cfg.prune_amounts, "prune_layers": space.prune_layers}
+               "prune_amount": cfg.prune_amounts, "prune_layers": space.prune_layers,
+               "lm_head_bits": cfg.lm_head_bits}
     return [{**common, **params} for params in wanted
             if all(value in choices[key] for key, value in params.items())]
 
@@ -154,7 +159,7 @@ def candidate_steps(candidate: Candidate, fidelity: FidelityConfig, config: Opti
     if candidate.quantize != "none":
         quantize: dict[str, Any] = {"method": candidate.quantize}
         if candidate.quantize != "w8a8":
-            quantize.update(bits=candidate.bits, group_size=candidate.group_size)
+            quantize.update(bits=candidate.bits, group_size=candidate.group_size, lm_head_bits=candidate.lm_head_bits)
         if candidate.quantize in CALIBRATED and calibration:
             quantize["calibration"] = dict(calibration)
         steps.append({"quantize": quantize})
