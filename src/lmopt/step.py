@@ -120,6 +120,10 @@ class RunRecorder(Protocol):
     def record(self, kind: str, model: str | None, metrics: dict[str, Any], *, task: str | None = None,
                model_hash: str | None = None, config: dict[str, Any] | None = None) -> int: ...
 
+    def register_model(self, path: str | Path, figures: dict[str, Any] | None = None) -> str:
+        """Remember a model a step saved (content hash, lineage from its card, figures)."""
+        ...
+
 
 class NullRecorder:
     """Records nothing: the default for library use and tests that should not write anywhere."""
@@ -128,6 +132,9 @@ class NullRecorder:
 
     def record(self, kind: str, model: str | None, metrics: dict[str, Any], **fields: Any) -> int:
         return 0
+
+    def register_model(self, path: str | Path, figures: dict[str, Any] | None = None) -> str:
+        return ""
 
     def query(self, **filters: Any) -> list[dict[str, Any]]:
         return []

@@ -94,8 +94,6 @@ def test_check_database_accepts_a_live_server(pg_url):  # noqa: F811
     assert Registry(url).query() == []
 
 
-@pytest.mark.xfail(strict=True, reason="until lmopt.database.create_checked_engine is called in "
-                                       "Registry.__init__ (the lead wires it; then drop this mark)")
 def test_registry_on_an_unreachable_server_is_one_line():
     with pytest.raises(LmoptError) as err:
         Registry("postgresql://me:secret@127.0.0.1:1/lmopt")

@@ -103,3 +103,16 @@ def test_every_step_in_the_table_is_declared_under_its_name():
 def test_unknown_step_names_the_known_ones():
     with pytest.raises(LmoptError, match="unknown step 'nope' .*quantize"):
         get_step("nope")
+
+
+def test_models_the_steps_save_are_registered_with_lineage(tmp_path, tiny_dir):
+    from lmopt.models.card import content_hash
+    from lmopt.monitor import get_model
+
+    registry = Registry(f"sqlite:///{tmp_path / 'reg.db'}")
+    recipe = Recipe.parse({"model": str(tiny_dir), "workdir": str(tmp_path / "w"),
+                           "steps": [{"quantize": {"method": "rtn", "bits": 8}}]})
+    summary = run_recipe(recipe, tmp_path, registry=registry, log=lambda m: None)
+    record = get_model(content_hash(summary["output"]), registry)
+    assert record.step == "quantize" and record.parent_hash == content_hash(tiny_dir)
+    assert record.figures["size_on_disk_mb"] == summary["steps"][0]["metrics"]["size_on_disk_mb"]

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lmopt.database import create_checked_engine, database_url
 from lmopt.settings import lmopt_home
 
 REGISTRY_ENV = "LMOPT_REGISTRY"
@@ -50,7 +51,8 @@ class Registry:
             Path(self.url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
         # SQLite waits for a writer holding the lock (two processes promoting at once) instead of failing.
         connect_args = {"timeout": 30} if self.url.startswith("sqlite") else {}
-        self.engine = sa.create_engine(self.url, connect_args=connect_args)
+        self.engine = create_checked_engine(self.url, "registry", connect_args=connect_args)
+        self.url = database_url(self.url)
         meta = sa.MetaData()
         self.runs = sa.Table(
             "runs", meta,
@@ -108,6 +110,12 @@ class Registry:
                "machine": _json(machine or machine_summary())}
         with self.engine.begin() as conn:
             return conn.execute(self.runs.insert().values(**row)).inserted_primary_key[0]
+
+    def register_model(self, path: str | Path, figures: dict[str, Any] | None = None) -> str:
+        """Register the model saved at `path` (content hash, lineage, figures); returns its hash."""
+        from lmopt.monitor.models import register_model  # lazy: monitor.models imports this module
+
+        return register_model(path, self, figures=figures).hash
 
     def query(self, kind: str | None = None, model: str | None = None, task: str | None = None,
               limit: int = 50, model_hash: str | None = None) -> list[dict[str, Any]]:

@@ -112,8 +112,12 @@ def _run_step(step: Step, config: Any, key: str, out: Path, state: _State, recip
 
 
 def _record(registry: RunRecorder, step: Step, record: dict[str, Any], config: Any) -> None:
-    """One registry row per step (per task for evaluations); training histories stay out."""
+    """One registry row per step (per task for evaluations), and every model directory a step saved
+    registered with its lineage and figures; training histories stay out."""
     metrics = {k: v for k, v in record["metrics"].items() if k != "history"}
+    if record["model"] and Path(record["model"]).is_dir():
+        figures = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        registry.register_model(record["model"], figures=figures)
     fields = {"model_hash": record["input_hash"], "config": config.to_dict()}
     if step.per_task:
         for task, figures in metrics.items():
