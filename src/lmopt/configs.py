@@ -62,7 +62,10 @@ def read_yaml_map(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise LmoptError(f"{path}: file not found") from None
     except yaml.YAMLError as exc:
-        raise LmoptError(f"{path}: invalid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise LmoptError(f"{where}: invalid YAML: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

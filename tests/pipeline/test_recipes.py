@@ -53,3 +53,14 @@ def test_evaluate_embedded_recipe_runs_on_a_tiny_model(tmp_path, tiny_dir):
     evaluate, bench = (s["metrics"] for s in summary["steps"])
     assert evaluate["pydoc"]["windows"] == 2
     assert bench["speed"]["decode_tokens_per_s_bs1"] > 0
+
+
+def test_invalid_yaml_is_one_line_with_its_position(tmp_path):
+    from lmopt.errors import LmoptError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: x\nsteps:\n  - quantize: {bits: 4\n")
+    with pytest.raises(LmoptError) as info:
+        load_recipe_file(bad)
+    message = str(info.value)
+    assert message.startswith(f"{bad}:4:1: invalid YAML") and "\n" not in message
