@@ -27,7 +27,7 @@ from lmopt.data.config import AugmentConfig, CleanConfig
 from lmopt.evaluate.config import BenchConfig, EvaluateConfig
 from lmopt.export.config import ExportConfig
 from lmopt.io import write_json
-from lmopt.monitor import Registry
+from lmopt.monitor import Registry, enable_alias_references
 from lmopt.pipeline import one_step_recipe, run_recipe
 from lmopt.report import results_table, speed_table
 from lmopt.train.config import DistillStepConfig, FinetuneStepConfig
@@ -138,6 +138,7 @@ def run_verb(verb: Verb, inputs: dict[str, Any], config: dict[str, Any], common:
         fields["data"] = str(Path(inputs["input"]).resolve())
     recipe = one_step_recipe(verb.step, config, model, **fields)
     registry = Registry(common.get("registry"))
+    enable_alias_references(registry.url)  # `@production` resolves in the registry this command records to
     summary = run_recipe(recipe, Path.cwd(), registry=registry, log=console.print)
     if verb.output == "dataset" and output is not None:
         summary["output"] = _copy_dataset(summary, Path(output))

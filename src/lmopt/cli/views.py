@@ -14,7 +14,7 @@ from lmopt.data.stats import dataset_stats
 from lmopt.hardware import decode_roofline, detect_hardware, measure_bandwidth, weight_bytes_per_token
 from lmopt.io import write_json
 from lmopt.models import load_model
-from lmopt.monitor import Registry
+from lmopt.monitor import Registry, enable_alias_references
 from lmopt.pipeline import load_recipe_file, run_recipe
 from lmopt.report import hardware_table, runs_table
 
@@ -44,7 +44,9 @@ def run_cmd(recipe: Path = typer.Argument(..., help="Recipe YAML."), registry: s
     """Run a recipe: its steps (cached, resumable) and evaluations."""
     console = Console()
     parsed, base = load_recipe_file(recipe)
-    summary = run_recipe(parsed, base, registry=Registry(registry), log=console.print)
+    reg = Registry(registry)
+    enable_alias_references(reg.url)  # a recipe's `model: "@production"` resolves in this registry
+    summary = run_recipe(parsed, base, registry=reg, log=console.print)
     console.print_json(json.dumps(summary, default=str))
     emit(summary, json_out, console)
 
