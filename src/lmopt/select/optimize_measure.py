@@ -43,10 +43,15 @@ class MeasureSpec(Config):
     model: str
     """Model reference (the final step's artifact, or a base model)."""
     dtype: str = "float32"
+    """Compute dtype the model is loaded in."""
     threads: int = Field(default=1, ge=1)
+    """torch intra-op threads."""
     tasks: list[str] = Field(default_factory=list)
+    """Tasks evaluated (after the speed measurement)."""
     fidelity: FidelityConfig = Field(default_factory=FidelityConfig)
+    """Windows/items per task, window length, speed measurement length."""
     data_dir: str | None = None
+    """Evaluation data dir."""
     speed: bool = True
     """Time prefill and decode (off for a quality-only reference measurement)."""
 

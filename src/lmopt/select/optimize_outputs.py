@@ -120,15 +120,18 @@ def drop_artifacts(out: Path, state: dict[str, Any]) -> None:
 def _bound_lines(ax: Any, config: OptimizeConfig, reference: dict[str, Any]) -> None:
     """Dashed lines at the constraints that bound the plot's two axes."""
     ref_quality, ref_speed = reference.get(config.objective), reference.get("speed_decode_tok_s")
+    if ref_quality and ref_speed:
+        ax.scatter([ref_speed], [ref_quality], marker="x", c="k", label="reference")
     for c in config.parsed_constraints():
+        line = {"ls": "--", "c": "gray", "lw": 1, "label": str(c)}
         if c.metric == config.objective:
-            ax.axhline(c.bound, ls="--", c="gray")
+            ax.axhline(c.bound, **line)
         elif c.metric in ("ppl_ratio", "quality_ratio") and ref_quality:
-            ax.axhline(c.bound * ref_quality, ls="--", c="gray")
+            ax.axhline(c.bound * ref_quality, **line)
         elif c.metric == "decode_tok_s":
-            ax.axvline(c.bound, ls="--", c="gray")
+            ax.axvline(c.bound, **line)
         elif c.metric == "decode_speedup" and ref_speed:
-            ax.axvline(c.bound * ref_speed, ls="--", c="gray")
+            ax.axvline(c.bound * ref_speed, **line)
 
 
 def save_plot(path: Path, config: OptimizeConfig, state: dict[str, Any]) -> None:
