@@ -1,4 +1,4 @@
-"""Quantization: RTN, GPTQ, AWQ and W8A8 with packed low-bit storage and fast CPU kernels.
+"""Quantization: RTN, GPTQ, AWQ, W8A8 and rotate+GPTQ with packed low-bit storage and fast CPU kernels.
 
 ```python
 from lmopt.compress.quantize import GPTQConfig, prepare_runtime, quantize, save_quantized
@@ -8,7 +8,9 @@ save_quantized(model, tokenizer, "out/w4")   # reloads with lmopt.models.load_mo
 ```
 
 Files: `algorithms.py` pure tensor math (grids, RTN, GPTQ, AWQ, SmoothQuant); `apply.py` the
-calibration flow and model rewriting; `smoothing.py` equivalent rescaling of a layer; `runtime.py`
+calibration flow and model rewriting; `safeguard.py` held-out windows and the per-group choice
+against RTN; `rotate.py` Hadamard/orthogonal matrices, `rotate_model.py` fusing them into a llama
+model, `rotate_step.py` the `rotate` step; `smoothing.py` equivalent rescaling of a layer; `runtime.py`
 `QuantLinear`; `kernels.py` its backends; `packing.py` bit packing; `storage.py` the saved format
 and HF export; `config.py` typed configs; `step.py` / `cli.py` the recipe step and CLI verb.
 
@@ -25,7 +27,8 @@ _EXPORTS = {
     "quantize": "apply", "prepare_runtime": "apply", "QuantLinear": "runtime",
     "save_quantized": "storage", "load_quantized": "storage", "export_hf": "storage",
     "RTNConfig": "config", "GPTQConfig": "config", "AWQConfig": "config", "W8A8Config": "config",
-    "WeightQuantConfig": "config",
+    "WeightQuantConfig": "config", "RotateConfig": "config", "RotateGPTQConfig": "config",
+    "rotate_llama": "rotate_model",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,10 +1,13 @@
 """`quantize(model, config)`: run a method over a model and swap its Linears for `QuantLinear`s.
 
-Lifecycle of a calibrated method (GPTQ, AWQ, W8A8):
-1. calibration windows are drawn (or given) and the first decoder layer's inputs captured;
-2. per decoder layer (`lmopt.compress.calibration.sequential_calibrate`): hooks gather what the
-   method needs from each Linear's inputs (Hessian, mean |x|, max |x|), the layer is rescaled
-   and/or quantized, its Linears are replaced, and its outputs (now quantized) feed the next layer;
+Lifecycle of a calibrated method (GPTQ, AWQ, W8A8, rotate+GPTQ):
+0. rotate+GPTQ first fuses a rotation into the float model (rotate_model.py);
+1. calibration windows are drawn (default: the `mix`, calibration_data.py) or given, 1 in 8 more held
+   out for the safeguard (safeguard.py), and the first decoder layer's inputs captured;
+2. per decoder layer (`safeguard.sequential_with_holdout`): hooks gather what the method needs from
+   each Linear's inputs (Hessian, mean |x|, max |x|), the layer is rescaled and/or quantized, each
+   group of Linears keeping the method's rounding or RTN's by held-out error, its Linears are
+   replaced, and its outputs (now quantized) feed the next layer;
 3. the lm_head is quantized last (round-to-nearest per channel at 8 bits; GPTQ on the final hidden
    states otherwise); when the embedding is tied to it, the embedding becomes its de-quantized copy.
 The model ends in the exact `dequant` backend; `prepare_runtime` switches to fast kernels.
@@ -18,14 +21,12 @@ from typing import Any
 import torch
 
 from lmopt.compress.calibration import LayerInputs, collect_linear_inputs, decoder_layers, linear_modules
-from lmopt.compress.calibration_data import calibration_set
 from lmopt.compress.quantize import algorithms as alg
 from lmopt.compress.quantize import safeguard as sg
 from lmopt.compress.quantize.config import AWQConfig, GPTQConfig, RotateGPTQConfig, W8A8Config, WeightQuantConfig
 from lmopt.compress.quantize.rotate_model import rotate_llama
 from lmopt.compress.quantize.runtime import QuantLinear
 from lmopt.compress.quantize.smoothing import fold_scales, smooth_groups
-from lmopt.errors import LmoptError
 
 
 def to_quant_linear(linear: torch.nn.Linear, qw: alg.QuantizedWeight, act_quant: bool = False) -> QuantLinear:
@@ -204,29 +205,6 @@ def _w8a8_layer(layer: Any, inputs: LayerInputs, config: W8A8Config,
 LAYER_METHODS = {"gptq": _gptq_layer, "rotate+gptq": _gptq_layer, "awq": _awq_layer, "w8a8": _w8a8_layer}
 
 
-def _calibration(config: WeightQuantConfig, windows: torch.Tensor | None, tokenizer: Any,
-                 report: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(calibration windows, held-out windows or None). With the safeguard on, 1 in 8 extra windows
-    are drawn and held out; given `windows` give up 1 in 8 of theirs instead."""
-    guard = bool(getattr(config, "safeguard", False))
-    if windows is None:
-        calibration = config.calibration
-        if tokenizer is None:
-            raise LmoptError("quantize: calibrated methods need `tokenizer=` (or `windows=` token ids)")
-        n_held = sg.holdout_count(calibration.n_samples) if guard else 0
-        drawn = calibration_set(tokenizer, calibration.source, calibration.n_samples + n_held,
-                                calibration.seq_len, calibration.seed, calibration.data_dir)
-        windows, report["calibration_parts"] = drawn.windows, drawn.parts
-    else:
-        n_held = sg.holdout_count(windows.shape[0]) if guard and windows.shape[0] >= 2 else 0
-        if guard and not n_held:
-            report["safeguard_note"] = "off: a single calibration window leaves none to hold out"
-    fit, held = sg.split_windows(windows, n_held) if n_held else (windows, None)
-    report["calibration_tokens"] = int(fit.numel())
-    report["heldout_tokens"] = int(held.numel()) if held is not None else 0
-    return fit, held
-
-
 def quantize(model: Any, config: WeightQuantConfig, windows: torch.Tensor | None = None,
              tokenizer: Any = None) -> dict[str, Any]:
     """Quantize `model` in place (see the module docstring); returns a report of what was done.
@@ -252,7 +230,7 @@ def quantize(model: Any, config: WeightQuantConfig, windows: torch.Tensor | None
                 _quantize_layer_rtn(layer, config)
         else:
             step = LAYER_METHODS[method]
-            fit, held = _calibration(config, windows, tokenizer, report)
+            fit, held = sg.calibration_windows(config, windows, tokenizer, report)
 
             def process(index: int, layer: Any, inputs: LayerInputs, held_inputs: LayerInputs | None) -> None:
                 report["layers"][index], choices = step(layer, inputs, config, held_inputs)

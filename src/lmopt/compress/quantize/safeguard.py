@@ -28,7 +28,9 @@ from lmopt.compress.calibration import (
     run_layer,
     sequential_calibrate,
 )
+from lmopt.compress.calibration_data import calibration_set
 from lmopt.compress.quantize import algorithms as alg
+from lmopt.errors import LmoptError
 from lmopt.progress import progress_bar
 
 HOLDOUT_EVERY = 8
@@ -55,6 +57,30 @@ def split_windows(windows: torch.Tensor, n_held: int) -> tuple[torch.Tensor, tor
     keep = torch.ones(n, dtype=torch.bool)
     keep[held] = False
     return windows[keep], windows[held]
+
+
+def calibration_windows(config: Any, windows: torch.Tensor | None, tokenizer: Any,
+                        report: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(calibration windows, held-out windows or None) for a calibrated method's `config`. With its
+    safeguard on, 1 in 8 extra windows are drawn and held out; given `windows` give up 1 in 8 of theirs
+    instead. Records the calibration parts and token counts in `report`."""
+    guard = bool(getattr(config, "safeguard", False))
+    if windows is None:
+        calibration = config.calibration
+        if tokenizer is None:
+            raise LmoptError("quantize: calibrated methods need `tokenizer=` (or `windows=` token ids)")
+        n_held = holdout_count(calibration.n_samples) if guard else 0
+        drawn = calibration_set(tokenizer, calibration.source, calibration.n_samples + n_held,
+                                calibration.seq_len, calibration.seed, calibration.data_dir)
+        windows, report["calibration_parts"] = drawn.windows, drawn.parts
+    else:
+        n_held = holdout_count(windows.shape[0]) if guard and windows.shape[0] >= 2 else 0
+        if guard and not n_held:
+            report["safeguard_note"] = "off: a single calibration window leaves none to hold out"
+    fit, held = split_windows(windows, n_held) if n_held else (windows, None)
+    report["calibration_tokens"] = int(fit.numel())
+    report["heldout_tokens"] = int(held.numel()) if held is not None else 0
+    return fit, held
 
 
 def sequential_with_holdout(model: Any, windows: torch.Tensor, held: torch.Tensor | None,
