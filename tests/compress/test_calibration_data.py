@@ -114,3 +114,20 @@ def test_long_texts_are_sampled_without_tokenizing_everything(tiny):
     joined = " ".join(map(str, ids))
     for window in windows:  # every window is a run of the whole text's tokens (modulo span edges)
         assert " ".join(map(str, window[2:-2].tolist())) in joined
+
+
+def test_cli_quantize_calibrates_on_the_users_file(tiny_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from lmopt.cli import app
+    from lmopt.models import load_model
+
+    chat = tmp_path / "support.jsonl"
+    chat.write_text("\n".join(json.dumps({"prompt": f"How do I reset device {i}?", "response": f"Hold button {i}."})
+                              for i in range(100)))
+    out = tmp_path / "w4"
+    result = CliRunner().invoke(app, ["quantize", str(tiny_dir), "--method", "gptq", "--calib", str(chat),
+                                      "--n-samples", "8", "--calib-seq-len", "32", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    card = load_model(out).card
+    assert card.config["calibration"]["source"] == str(chat) and card.config["safeguard"] is True
