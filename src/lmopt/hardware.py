@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -166,7 +167,16 @@ def _maxrss_mb(who: int) -> float:
 
 
 def peak_rss_mb() -> float:
-    """High-water mark of this process's resident memory, in MB (includes everything loaded so far)."""
+    """High-water mark of this process's resident memory, in MB (includes everything loaded so far).
+
+    Linux's VmHWM first: a child started by vfork (Python's subprocess) inherits its parent's
+    ru_maxrss, so a 200 MB worker of a 1.5 GB parent would report 1.5 GB from getrusage."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return _maxrss_mb(resource.RUSAGE_SELF)
 
 

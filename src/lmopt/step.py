@@ -35,6 +35,7 @@ STEP_TABLE: dict[str, str] = {
     "prune": "lmopt.compress.prune.step:PRUNE",
     "serve-bench": "lmopt.serve.step:SERVE_BENCH",
     "export": "lmopt.export.step:EXPORT",
+    "optimize": "lmopt.select.optimize_step:OPTIMIZE",
 }
 """Step name -> `module:attribute` of its `Step` declaration."""
 
