@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from lmopt.select.calibrate import MatvecProbe, fit_overhead, load_calibration
+from lmopt.select.calibrate import MatvecProbe, fit_overhead, load_calibration, probe_layers, probe_model
 from lmopt.select.hardware_table import Target
+from lmopt.select.model_shape import model_shape
 from lmopt.select.plan import PlanConfig, plan
 
 
@@ -21,6 +24,21 @@ def test_matvec_timing_scales_to_all_matrices():
     assert len(whole.weights) == 4 and whole.scale == 1
     assert len(capped.weights) == 2 and capped.scale == 2  # times 2 of the 4 matrices and doubles it
     assert whole(passes=1) > 0 and capped() > 0
+
+
+def test_probe_models_are_as_wide_as_the_model(tiny):
+    probe = model_shape(probe_model(tiny.model.config, 3))
+    assert (probe.layers, probe.hidden, probe.intermediate, probe.kv_heads) == (3, 64, 128, 2)
+    assert probe.vocab < model_shape(tiny).vocab + 1 and model_shape(tiny).layers == 2
+
+
+def test_probe_depth_follows_the_layer_size(tiny):
+    small = model_shape(tiny)  # 2 thin layers: the deeper probe still gets 3, for a usable slope
+    assert probe_layers(small) == (1, 3)
+    wide = replace(small, matrices=((4096, 4096 * 12),) * 32, layers=32)  # 800 MB per fp32 layer
+    assert probe_layers(wide) == (1, 3)
+    medium = replace(small, matrices=((576, 576 * 10),) * 30, layers=30)  # 13 MB per fp32 layer
+    assert probe_layers(medium) == (1, 9)
 
 
 def test_plan_here_measures_and_calibrates_a_tiny_model(tiny):

@@ -7,8 +7,10 @@ slower than a memory copy (more so for bf16, whose kernels convert as they go). 
     step = fixed_s + per_layer_s x layers + max(compute time, weight+KV bytes / (bandwidth x efficiency[dtype]))
 
 with every term measured without running the planned model:
-1. two tiny random llamas (2 and 8 layers, kilobytes of weights) decode at batch 1: their step time is
-   all overhead, which gives `fixed_s` and `per_layer_s`;
+1. two random models as wide as the planned one (same hidden size, heads, MLP and attention kinds) with
+   1 and up to 9 layers and a 512-token vocabulary decode at batch 1; each step minus the time of the probe's
+   own matrices is overhead, which gives `fixed_s` and `per_layer_s` (a tiny llama stands in when
+   the model's config is unknown);
 2. the planned model's weight matrices (their real shapes, random values) multiplied by one vector each,
    in fp32 and in bf16: bytes / time over the copy bandwidth is `efficiency[dtype]` (int8 and int4 take
    bf16's: there is no faster CPU kernel for them in PyTorch to time).
@@ -19,6 +21,7 @@ machine the load drifts, and interleaving lets the drift weigh on calibration an
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import statistics
@@ -31,14 +34,15 @@ from typing import Any
 from lmopt.evaluate.speed import benchmark_speed
 from lmopt.hardware import detect_hardware
 from lmopt.io import write_json
-from lmopt.models import LoadedModel, tiny_llama
+from lmopt.models import LoadedModel, tiny_llama, tiny_tokenizer
 from lmopt.select.hardware_table import Target
-from lmopt.select.model_shape import ModelShape
+from lmopt.select.model_shape import ModelShape, shape_of_model
 from lmopt.select.roofline import make_format
 from lmopt.settings import lmopt_home
 
 PROMPT_LEN = 32
-TINY_LAYERS = (2, 8)
+PROBE_BYTES = 4e8
+"""fp32 weight bytes the deeper probe model may take."""
 
 
 @dataclass(frozen=True)
@@ -131,12 +135,43 @@ class MatvecProbe:
         return statistics.median(self.one_pass() for _ in range(passes))
 
 
-def calibration_probes(shape: ModelShape, threads: int, new_tokens: int = 32) -> dict[str, Callable[[], float]]:
-    """The measurements a calibration needs, each a call returning one figure."""
-    tiny = {layers: tiny_llama(num_layers=layers) for layers in TINY_LAYERS}
-    probes: dict[str, Callable[[], float]] = {
-        f"tiny_llama_{layers}_layers_tok_s": functools.partial(measure_decode, model, threads, new_tokens, 1)
-        for layers, model in tiny.items()}
+def probe_layers(shape: ModelShape) -> tuple[int, int]:
+    """Depths of the two probe models: 1 and up to 9 layers (fewer for wide layers, 3 at least); the
+    wider the span, the less timing noise the per-layer slope carries into a 30-layer estimate."""
+    layer_bytes = 4 * shape.matrix_params / max(shape.layers, 1)
+    return 1, max(3, min(9, shape.layers, int(PROBE_BYTES // max(layer_bytes, 1))))
+
+
+def probe_model(config: Any | None, layers: int) -> LoadedModel:
+    """A random model as wide as `config`'s (hidden size, heads, MLP, attention kinds) with `layers` layers
+    and a 512-token vocabulary; a tiny llama when there is no config."""
+    if config is None:
+        return tiny_llama(num_layers=layers)
+    # lazy: transformers' model classes take seconds to import (the CLI imports this package)
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = tiny_tokenizer()
+    config = copy.deepcopy(config)
+    config.num_hidden_layers = layers
+    if getattr(config, "layer_types", None):
+        config.layer_types = list(config.layer_types)[:layers]
+    config.vocab_size, config.tie_word_embeddings = len(tokenizer), True
+    config.pad_token_id, config.bos_token_id = tokenizer.pad_token_id, tokenizer.bos_token_id
+    config.eos_token_id = tokenizer.eos_token_id
+    model = AutoModelForCausalLM.from_config(config).float().eval()
+    return LoadedModel(model, tokenizer, f"probe-{layers}-layers")
+
+
+def calibration_probes(shape: ModelShape, threads: int, new_tokens: int = 32,
+                       config: Any | None = None) -> dict[str, Callable[[], float]]:
+    """The measurements a calibration needs, each a call returning one figure: decode tokens/s and fp32
+    matrix time of a shallow and a deeper version of the model (`probe_model`), and the model's matrices timed
+    in fp32 and bf16."""
+    probes: dict[str, Callable[[], float]] = {}
+    for layers in probe_layers(shape):
+        model = probe_model(config, layers)
+        probes[f"probe_{layers}_layers_tok_s"] = functools.partial(measure_decode, model, threads, new_tokens, 1)
+        probes[f"probe_{layers}_layers_matvec_s"] = MatvecProbe(shape_of_model(model.model).matrices, "float32")
     for fmt, dtype in (("fp32", "float32"), ("bf16", "bfloat16")):
         probes[f"matvec_{fmt}_s"] = MatvecProbe(shape.matrices, dtype)
     return probes
@@ -156,19 +191,23 @@ def interleaved(probes: dict[str, Callable[[], float]], rounds: int, threads: in
 def calibration_from(measurements: dict[str, float], shape: ModelShape, target: Target,
                      threads: int) -> Calibration:
     """The calibration the probes' figures give (see the module docstring)."""
-    fixed, per_layer = fit_overhead({layers: 1 / measurements[f"tiny_llama_{layers}_layers_tok_s"]
-                                     for layers in TINY_LAYERS})
+    # a probe's step minus its own matrix time is overhead (both with the probe's weights as warm in
+    # cache as they are during its decode)
+    fixed, per_layer = fit_overhead({layers: 1 / measurements[f"probe_{layers}_layers_tok_s"]
+                                     - measurements[f"probe_{layers}_layers_matvec_s"]
+                                     for layers in probe_layers(shape)})
     efficiency = {}
     for fmt in ("fp32", "bf16"):
         ideal = sum(make_format(fmt).matrix_bytes(r, c) for r, c in shape.matrices) / (target.bandwidth_gbs * 1e9)
         efficiency[fmt] = round(min(1.0, ideal / measurements[f"matvec_{fmt}_s"]), 4)
-    kept = {k: round(v, 6) for k, v in measurements.items() if k.startswith(("tiny_", "matvec_"))}
+    kept = {k: round(v, 6) for k, v in measurements.items() if k.startswith(("probe_", "matvec_"))}
     return Calibration(threads, fixed, per_layer, efficiency, shape.name, kept)
 
 
-def calibrate(shape: ModelShape, target: Target, threads: int, new_tokens: int = 32, rounds: int = 3) -> Calibration:
-    """Time the tiny models and `shape`'s matrices on this machine (see the module docstring)."""
-    probes = calibration_probes(shape, threads, new_tokens)
+def calibrate(shape: ModelShape, target: Target, threads: int, new_tokens: int = 32, rounds: int = 5,
+              config: Any | None = None) -> Calibration:
+    """Time the probe models and `shape`'s matrices on this machine (see the module docstring)."""
+    probes = calibration_probes(shape, threads, new_tokens, config)
     return calibration_from(interleaved(probes, rounds, threads), shape, target, threads)
 
 

@@ -127,6 +127,19 @@ def shape_of_config(config: Any, name: str = "model") -> ModelShape:
     return shape_of_model(model, name)
 
 
+def model_config(model: str | Path | LoadedModel | ModelShape | Any) -> Any | None:
+    """The transformers config of a model reference or a built model (None for a bare ModelShape)."""
+    if isinstance(model, ModelShape):
+        return None
+    if isinstance(model, LoadedModel):
+        return model.model.config
+    if hasattr(model, "config"):
+        return model.config
+    from transformers import AutoConfig  # lazy: see shape_of_config
+
+    return AutoConfig.from_pretrained(str(resolve(model)))
+
+
 def model_shape(model: str | Path | LoadedModel | ModelShape | Any) -> ModelShape:
     """The shape of a model reference (alias, .gguf, directory), a `LoadedModel` or a built model."""
     if isinstance(model, ModelShape):

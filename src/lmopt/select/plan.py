@@ -7,7 +7,8 @@ that fits (fp32 only when nothing smaller is asked for; it doubles memory for no
 inference), with the fastest fitting format named beside it.
 
 On this machine (`hardware="this"`) the plan also measures: it calibrates the per-step overhead and the
-achieved bandwidth (`calibrate.py`, from tiny models and the fp32 model) and measures batch-1 decode in
+achieved bandwidth (`calibrate.py`: from 1- and up-to-9-layer random versions of the model and timed
+matrix-vector products, never the model's own decode) and measures batch-1 decode in
 bf16, so the calibrated estimate, the pure roofline and the measurement stand side by side.
 """
 
@@ -34,7 +35,7 @@ from lmopt.select.calibrate import (
     store_calibration,
 )
 from lmopt.select.hardware_table import THIS_MACHINE, Target, get_target, with_price
-from lmopt.select.model_shape import ModelShape, model_shape
+from lmopt.select.model_shape import ModelShape, model_config, model_shape
 from lmopt.select.roofline import (
     GB,
     cost_per_million,
@@ -72,7 +73,7 @@ class PlanConfig(Config):
     """On `this` hardware: calibrate and measure batch-1 decode (fp32 and bf16; about a minute)."""
     new_tokens: int = Field(default=32, ge=4)
     """Tokens generated per measured decode run."""
-    rounds: int = Field(default=3, ge=1)
+    rounds: int = Field(default=5, ge=1)
     """Rounds of measurement on this machine; each figure is the median over rounds."""
 
 
@@ -159,9 +160,9 @@ def _compare(row: PlanRow, shape: ModelShape, target: Target, calibration: Calib
 
 def _measure_here(model: str | LoadedModel | Any, shape: ModelShape, target: Target, cfg: PlanConfig,
                   threads: int, rows: list[PlanRow]) -> tuple[Calibration, int]:
-    """Calibrate from the probes (tiny models, matrix timings) and measure the model itself in fp32 and
-    bf16 (the check), interleaved round by round so a drifting load weighs on both alike."""
-    probes = calibration_probes(shape, threads, cfg.new_tokens)
+    """Calibrate from the probes (shallow and deeper random models, matrix timings) and measure the model
+    itself in fp32 and bf16 (the check), interleaved round by round so a drifting load weighs on both."""
+    probes = calibration_probes(shape, threads, cfg.new_tokens, model_config(model))
     measured = [r.format for r in rows if r.format in MEASURABLE]
     for fmt in measured:
         loaded = _loaded_as(model, MEASURABLE[fmt])
@@ -212,7 +213,8 @@ def plan(model: str | LoadedModel | ModelShape | Any, hardware: str | Target | N
             row.cost_per_m_output = calibrated[row.format].cost_per_m_output
         notes.append(f"calibrated on this machine ({calibration.threads} threads): overhead "
                      f"{calibration.fixed_s * 1e3:.2f} ms + {calibration.per_layer_s * 1e3:.3f} ms/layer per step "
-                     f"(tiny models), weight streaming at {calibration.efficiency} of the copy bandwidth "
+                     f"(random 1- and n-layer probes), weight streaming at {calibration.efficiency} of the copy "
+                     "bandwidth "
                      f"({calibration.reference}'s matrices x one vector); the model's own decode is not used")
     fitting = [r for r in rows if r.fits]
     ranked = sorted(fitting, key=lambda r: PREFERENCE.index(r.format))
