@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from scipy.optimize import minimize
 from select_fixtures import candidate, tiny_bert, tiny_decoder, tiny_t5
 
 from lmopt.errors import LmoptError
@@ -46,6 +45,7 @@ def sentiment_rows(n: int = 48, seed: int = 0) -> list[dict]:
 
 
 def test_logistic_regression_matches_scipy_on_the_same_objective():
+    minimize = pytest.importorskip("scipy.optimize").minimize
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 5))
     y = (x[:, 0] + 0.5 * x[:, 1] + rng.normal(scale=0.5, size=60) > 0).astype(int) + (x[:, 2] > 1)

@@ -162,7 +162,9 @@ def load_family(ref: str, family: str, dtype: str = "float32") -> Loaded:
         return Loaded(loaded.model, loaded.tokenizer, family)
     # lazy: transformers' model classes take seconds to import
     from transformers import AutoModel, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # one-line output; lmopt's own progress bars
     where = str(resolve(ref))
     cls = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModel
     try:
