@@ -213,9 +213,9 @@ def plan(model: str | LoadedModel | ModelShape | Any, hardware: str | Target | N
             row.cost_per_m_output = calibrated[row.format].cost_per_m_output
         notes.append(f"calibrated on this machine ({calibration.threads} threads): overhead "
                      f"{calibration.fixed_s * 1e3:.2f} ms + {calibration.per_layer_s * 1e3:.3f} ms/layer per step "
-                     f"(random 1- and n-layer probes), weight streaming at {calibration.efficiency} of the copy "
-                     "bandwidth "
-                     f"({calibration.reference}'s matrices x one vector); the model's own decode is not used")
+                     f"(random 1- and n-layer probes); weight streaming at {calibration.efficiency} of the copy "
+                     f"bandwidth ({calibration.reference}'s matrices x one vector); the model's own decode is not "
+                     "used for the calibration")
     fitting = [r for r in rows if r.fits]
     ranked = sorted(fitting, key=lambda r: PREFERENCE.index(r.format))
     recommended = ranked[0].format if ranked else None
