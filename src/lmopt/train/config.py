@@ -6,7 +6,7 @@ Importing this module is instant (no torch): the CLI and recipe validation use i
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -54,8 +54,14 @@ class TrainConfig(Config):
     """Sequences per micro-batch (per process under `accelerate launch`)."""
     grad_accum: int = Field(default=1, ge=1)
     """Micro-batches per optimizer step."""
-    lr: float = Field(default=5e-5, gt=0)
-    """Peak learning rate (LoRA usually wants ~10x the full fine-tuning rate)."""
+    lr: float | None = Field(default=None, gt=0)
+    """Peak learning rate; None (the default) = the method's default, `DEFAULT_LR`: 5e-5 for full
+    fine-tuning, 1e-3 for LoRA. The LoRA rate comes from BENCHMARKS.md: the PubMed domain-adaptation
+    run (#training, -18.4% held-out perplexity) used 1e-3, and in the LoRA tuning benchmark (#tuning,
+    lr log-uniform 1e-5..5e-3) every best-found config moved the rate up from 1e-4 to 3.4e-4..5e-3,
+    4 of 5 to 2.3e-3 or more; 1e-3 is the middle of that range, safe for long runs too. LoRA's
+    updates start from zero in a low-rank subspace and want ~10-30x the full fine-tuning rate.
+    A rate given explicitly always wins."""
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     """Decay after warmup (to 0 at the last step for cosine/linear)."""
     warmup_steps: int = Field(default=0, ge=0)
@@ -91,6 +97,18 @@ class TrainConfig(Config):
     seed: int = 0
     log_every: int = Field(default=10, ge=1)
 
+    DEFAULT_LR: ClassVar[dict[str, float]] = {"full": 5e-5, "lora": 1e-3}
+    """Default peak learning rate per method (see `lr`)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_lr(cls, data: Any) -> Any:
+        """Resolve `lr: None` to the method's default before validation (an explicit lr is kept)."""
+        if isinstance(data, dict) and data.get("lr") is None:
+            method = data.get("method", cls.model_fields["method"].default)
+            data = {**data, "lr": cls.DEFAULT_LR.get(method, cls.DEFAULT_LR["full"])}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if self.early_stopping_patience is not None and self.eval_every is None:
@@ -102,7 +120,9 @@ class DistillConfig(TrainConfig):
     """Teacher -> student distillation: a training config plus the distillation loss settings."""
 
     format: Literal["auto", "text", "chat"] = "text"
-    lr: float = Field(default=2e-4, gt=0)
+    DEFAULT_LR: ClassVar[dict[str, float]] = {"full": 2e-4, "lora": 1e-3}
+    """Default peak learning rate per method when `lr` is None (the student's weights move further
+    than in fine-tuning: a cut student starts far from any good model)."""
     loss: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
     """Divergence between teacher and student next-token distributions."""
     temperature: float = Field(default=2.0, gt=0)
