@@ -6,8 +6,18 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from lmopt.train.losses import IGNORE, ce_sum, divergence, hidden_mse, kd_loss, kd_loss_topk, masked_ce
+from lmopt.train.losses import (
+    IGNORE,
+    ce_sum,
+    chunked_ce,
+    divergence,
+    hidden_mse,
+    kd_loss,
+    kd_loss_topk,
+    masked_ce,
+)
 
 
 def _softmax(row, t=1.0):
@@ -99,3 +109,48 @@ def test_masked_ce_without_labels_is_zero_with_graph():
 def test_hidden_mse_ignores_padding():
     s, t = torch.zeros(1, 3, 2), torch.tensor([[[1.0, 1.0], [3.0, 3.0], [100.0, 100.0]]])
     assert hidden_mse(s, t, torch.tensor([[1, 1, 0]])).item() == pytest.approx((1 + 1 + 9 + 9) / 4)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_chunked_ce_equals_torch_cross_entropy(chunk, smoothing):
+    """Value and both gradients equal torch's cross_entropy on the full logits (masked rows too)."""
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 9, 16, dtype=torch.float64).float().requires_grad_(True)
+    weight = (torch.randn(50, 16) * 0.3).requires_grad_(True)
+    labels = torch.randint(0, 50, (3, 9))
+    labels[0, :4] = IGNORE
+    labels[2, 5:] = IGNORE
+    ref_h, ref_w = hidden.detach().clone().requires_grad_(True), weight.detach().clone().requires_grad_(True)
+    ref = F.cross_entropy(
+        (ref_h[:, :-1] @ ref_w.T).reshape(-1, 50),
+        labels[:, 1:].reshape(-1),
+        ignore_index=IGNORE,
+        label_smoothing=smoothing,
+    )
+    got = chunked_ce(hidden, weight, labels, chunk=chunk, label_smoothing=smoothing)
+    (got * 3).backward()
+    (ref * 3).backward()
+    assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+    assert torch.allclose(hidden.grad, ref_h.grad, atol=1e-6)
+    assert torch.allclose(weight.grad, ref_w.grad, atol=1e-6)
+    assert bool((hidden.grad[0, :3] == 0).all())  # rows predicting ignored labels get no gradient
+
+
+def test_chunked_ce_frozen_head_bf16_hidden_and_no_labels():
+    torch.manual_seed(1)
+    weight = torch.randn(40, 8)  # frozen head (LoRA): no weight gradient is computed
+    hidden = torch.randn(2, 6, 8).bfloat16().requires_grad_(True)
+    labels = torch.randint(0, 40, (2, 6))
+    got = chunked_ce(hidden, weight, labels, chunk=4)
+    got.backward()
+    ref_h = hidden.detach().float().requires_grad_(True)
+    ref = masked_ce(ref_h @ weight.T, labels)
+    ref.backward()
+    assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+    assert hidden.grad.dtype == torch.bfloat16
+    assert torch.allclose(hidden.grad.float(), ref_h.grad, atol=1e-2 * float(ref_h.grad.abs().max()))
+    none = torch.full((2, 6), IGNORE)
+    zero = chunked_ce(hidden, weight, none)
+    zero.backward()
+    assert zero.item() == 0.0

@@ -9,6 +9,11 @@ Divergences between teacher P and student Q over the vocabulary (per position, t
 - forward KL  KL(P || Q) = sum P (log P - log Q)       (mass-covering, the classic KD loss)
 - reverse KL  KL(Q || P) = sum Q (log Q - log P)       (mode-seeking, MiniLLM)
 - generalized JSD(beta) = beta KL(P || M) + (1 - beta) KL(Q || M), M = beta P + (1 - beta) Q  (GKD)
+
+`chunked_ce` is `masked_ce` fused with the output projection, for large vocabularies: it takes the final
+hidden states and the head's weight and never holds more than `chunk` rows of logits (the 49k-token
+head at batch 4 x 512 would otherwise hold 400 MB of fp32 logits, again as log-softmax and again as
+their gradient).
 """
 
 from __future__ import annotations
@@ -38,6 +43,70 @@ def masked_ce(logits: Any, labels: Any, label_smoothing: float = 0.0) -> Any:
         ignore_index=IGNORE,
         label_smoothing=label_smoothing,
     )
+
+
+class _ChunkedLinearCE(torch.autograd.Function):
+    """Sum of CE(hidden @ weight.T, target) / count, with both gradients computed chunk by chunk in
+    the forward pass (the logits of a chunk are freed before the next one): hidden (n, d), weight
+    (vocab, d), target (n,) with IGNORE rows. Label smoothing eps: target distribution
+    (1 - eps) one-hot + eps / vocab, as in torch's cross_entropy."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: Any, weight: Any, target: Any, chunk: int, eps: float) -> Any:
+        vocab = weight.shape[0]
+        w = weight.detach().float()
+        valid = target != IGNORE
+        count = max(int(valid.sum()), 1)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device)
+        grad_w = torch.zeros_like(w) if weight.requires_grad else None
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, hidden.shape[0], chunk):
+                rows = slice(start, start + chunk)
+                keep = valid[rows]
+                if not bool(keep.any()):
+                    continue
+                h = hidden[rows][keep].detach().float()  # (c, d): labelled rows of this chunk
+                t = target[rows][keep]
+                logits = h @ w.T  # (c, vocab)
+                log_p = torch.log_softmax(logits, dim=-1)
+                del logits
+                nll = -log_p.gather(-1, t[:, None]).squeeze(-1)  # (c,)
+                total += ((1 - eps) * nll - eps * log_p.mean(-1)).sum() if eps else nll.sum()
+                g = log_p.exp_()  # softmax, in place: d loss / d logits = p - target distribution
+                if eps:
+                    g -= eps / vocab
+                g[torch.arange(len(t), device=g.device), t] -= 1 - eps
+                grad_h[start : start + chunk][keep] = g @ w  # (c, d)
+                if grad_w is not None:
+                    grad_w += g.T @ h  # (vocab, d)
+                del g, log_p
+        ctx.save_for_backward(grad_h / count, None if grad_w is None else grad_w / count)
+        ctx.dtypes = (hidden.dtype, weight.dtype)
+        return total / count
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Any) -> tuple:
+        grad_h, grad_w = ctx.saved_tensors
+        h_dtype, w_dtype = ctx.dtypes
+        dh = (grad_h * grad_out).to(h_dtype) if ctx.needs_input_grad[0] else None
+        dw = (grad_w * grad_out).to(w_dtype) if grad_w is not None and ctx.needs_input_grad[1] else None
+        return dh, dw, None, None, None
+
+
+def chunked_ce(
+    hidden: Any, weight: Any, labels: Any, chunk: int = 1024, label_smoothing: float = 0.0
+) -> Any:
+    """`masked_ce(hidden @ weight.T, labels)` holding at most `chunk` rows of logits at a time.
+
+    hidden (batch, seq, d): the final hidden states (the head's input); weight (vocab, d): the head.
+    Equal to `masked_ce` on the full logits, value and gradients (fp32 arithmetic either way).
+    """
+    h, target = hidden[:, :-1], labels[:, 1:]
+    flat_h, flat_t = h.reshape(-1, h.shape[-1]), target.reshape(-1)
+    if not bool((flat_t != IGNORE).any()):
+        return hidden.sum() * 0.0  # keeps the graph so backward() still works
+    return _ChunkedLinearCE.apply(flat_h, weight, flat_t, chunk, label_smoothing)
 
 
 def ce_sum(logits: Any, labels: Any) -> tuple[float, int]:
