@@ -91,6 +91,18 @@ class TrainConfig(Config):
     keep_checkpoints: int = Field(default=1, ge=1)
     resume: bool = True
     """Continue from the newest checkpoint in the run dir when there is one."""
+    # --- memory ---
+    memory_budget_mb: float | None = Field(default=3000.0, gt=0)
+    """Training memory to stay under (MB). When the estimate for one micro-batch (weights, gradients and
+    AdamW state of the trainable ones, per-layer activations, fp32 logits with their log-softmax and
+    gradient) exceeds it, the chunked cross-entropy turns on (the 49k-token logits never exist whole),
+    then, if still over, gradient checkpointing (each layer's activations recomputed in the backward
+    pass, ~30% more compute). None = neither unless asked below. See `setup.memory_plan`."""
+    gradient_checkpointing: bool | None = None
+    """Recompute layer activations in the backward pass; None = decided by `memory_budget_mb`."""
+    chunked_ce: bool | None = None
+    """Cross-entropy fused with the output head, 1024 positions of logits at a time (`losses.chunked_ce`;
+    fine-tuning only: distillation needs the whole logits); None = decided by `memory_budget_mb`."""
     # --- misc ---
     mixed_precision: Literal["no", "bf16"] = "no"
     """`bf16`: autocast the forward pass to bfloat16 (master weights stay float32)."""

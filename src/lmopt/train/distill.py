@@ -29,6 +29,7 @@ from lmopt.train.setup import (
     TrainResult,
     collate_batch,
     finish,
+    memory_plan,
     merge_adapters,
     pad_token_id,
     prepare_data,
@@ -177,6 +178,7 @@ def distill(
                 pad_id,
                 cache_dir / f"teacher_top{config.teacher_topk}.safetensors",
             )
+        plan = memory_plan(student.model, config)
         s_model = prepare_model(student.model, config)
         layers = None
         if config.hidden_weight > 0:
@@ -197,5 +199,6 @@ def distill(
     if hasattr(trained, PROJECTION):  # the hidden-state projections train with the student, not ship with it
         delattr(trained, PROJECTION)
     _, trained = merge_adapters(trained, config)  # no separate `adapter`: an unmerged student is the model
-    extra = {"teacher": teacher.ref, "loss": config.loss}
+    extra = {"teacher": teacher.ref, "loss": config.loss,
+             "gradient_checkpointing": plan.gradient_checkpointing, "memory_planned_mb": plan.planned_mb}
     return finish(student, trained, outcome, prepared, config, "distill", extra_metrics=extra)

@@ -15,14 +15,17 @@ import functools
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lmopt.train.callbacks import Callback
 from lmopt.train.config import TrainConfig
-from lmopt.train.losses import masked_ce
+from lmopt.train.losses import chunked_ce, masked_ce
 from lmopt.train.setup import (
     PreparedData,
     TrainResult,
     collate_batch,
     finish,
+    memory_plan,
     merge_adapters,
     pad_token_id,
     prepare_data,
@@ -44,8 +47,41 @@ __all__ = [
 ]
 
 
-def lm_loss(model: Any, batch: dict[str, Any], label_smoothing: float = 0.0) -> Any:
-    """The fine-tuning loss: masked next-token cross-entropy (label-smoothed if asked)."""
+def output_head(model: Any) -> Any:
+    """The output projection of a (possibly DDP- or peft-wrapped) causal LM, when it is a plain
+    bias-free Linear (what `chunked_ce` fuses), else None."""
+    inner = getattr(model, "module", model)  # DDP / accelerate wrappers
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    if isinstance(head, torch.nn.Linear) and head.bias is None:
+        return head
+    return None
+
+
+def head_input(model: Any, head: Any, batch: dict[str, Any]) -> Any:
+    """Run the whole model (its wrappers' hooks included) but give the head zero positions: a
+    pre-hook takes the head's input, the final hidden states (batch, seq, d), and passes on an empty
+    slice, so no logits are computed."""
+    captured: list[Any] = []
+
+    def take(_module: Any, args: tuple) -> tuple:
+        captured.append(args[0])
+        return (args[0][:, :0],)
+
+    handle = head.register_forward_pre_hook(take)
+    try:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def lm_loss(model: Any, batch: dict[str, Any], label_smoothing: float = 0.0, chunked: bool = False) -> Any:
+    """The fine-tuning loss: masked next-token cross-entropy (label-smoothed if asked); `chunked`:
+    fused with the output head, never holding the whole (batch, seq, vocab) logits."""
+    head = output_head(model) if chunked else None
+    if head is not None:
+        hidden = head_input(model, head, batch)
+        return chunked_ce(hidden, head.weight, batch["labels"], label_smoothing=label_smoothing)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     return masked_ce(logits, batch["labels"], label_smoothing)
 
@@ -67,8 +103,9 @@ def finetune(
     """
     config = config or TrainConfig()
     prepared = prepare_data(data, model.tokenizer, config, val_data)
+    plan = memory_plan(model.model, config)
     trainable = prepare_model(model.model, config)
-    loss_fn = functools.partial(lm_loss, label_smoothing=config.label_smoothing)
+    loss_fn = functools.partial(lm_loss, label_smoothing=config.label_smoothing, chunked=plan.chunked_ce)
     outcome = run_loop(
         trainable,
         prepared,
@@ -80,4 +117,6 @@ def finetune(
         label="finetune",
     )
     adapter, trained = merge_adapters(outcome.model, config)
-    return finish(model, trained, outcome, prepared, config, "finetune", adapter=adapter)
+    extra = {"chunked_ce": plan.chunked_ce, "gradient_checkpointing": plan.gradient_checkpointing,
+             "memory_estimate_mb": plan.estimate_mb, "memory_planned_mb": plan.planned_mb}
+    return finish(model, trained, outcome, prepared, config, "finetune", adapter=adapter, extra_metrics=extra)

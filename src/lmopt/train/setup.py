@@ -2,7 +2,8 @@
 
 Both verbs take the same steps around their own loss:
 1. `prepare_data`: read, split (by seed) and tokenize the training data (`data.py`, `examples.py`);
-2. `prepare_model`: dropout settings, then LoRA adapters or every weight trainable;
+2. `prepare_model`: dropout settings, gradient checkpointing when `memory_plan` says the batch would
+   not fit the memory budget, then LoRA adapters or every weight trainable;
 3. `run_loop`: the shared accelerate loop (`loop.py`) on batches that keep their example indices, with
    the callbacks and the run dir; the best weights are loaded back when `load_best` is on;
 4. `merge_adapters`, then `finish`: the run's figures (`summary`) go into the model card, which records
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 from lmopt.errors import LmoptError
+from lmopt.hardware import peak_rss_mb
 from lmopt.models import LoadedModel
 from lmopt.train.callbacks import Callback, Callbacks
 from lmopt.train.config import TrainConfig
@@ -85,10 +87,79 @@ def prepare_data(data: Any, tokenizer: Any, config: TrainConfig, val_data: Any =
     return PreparedData(kind, train, val, info)
 
 
+@dataclass
+class MemoryPlan:
+    """What `memory_plan` decided for a run, and the estimates (MB) it decided on."""
+
+    chunked_ce: bool
+    gradient_checkpointing: bool
+    estimate_mb: float
+    """Estimated peak of the plain run (no chunking, no checkpointing)."""
+    planned_mb: float
+    """Estimated peak with the plan."""
+
+
+def memory_plan(model: Any, config: TrainConfig) -> MemoryPlan:
+    """Chunked CE and gradient checkpointing, each on when asked, or when the estimate exceeds the
+    budget (chunked CE first: it costs almost nothing; checkpointing costs ~30% more compute).
+
+    Rough fp32 estimate per micro-batch of n = batch x seq tokens, L layers, width d, MLP width f,
+    vocabulary V: weights 4P; gradients and AdamW moments 12 x trainable (all P for full, ~1% for
+    LoRA); activations kept for backward ~ n L (10 d + 4 f) x 4 bytes (inputs of the 7 projections,
+    norms, residuals, the MLP's gate/up/act); logits, log-softmax and their gradient 3 x n V x 4 bytes.
+    With checkpointing only the layer inputs (n L d) and one layer's activations stay.
+    """
+    cfg = getattr(model, "config", None)
+    d = getattr(cfg, "hidden_size", 0)
+    f = getattr(cfg, "intermediate_size", 4 * d)
+    layers = getattr(cfg, "num_hidden_layers", 0)
+    vocab = getattr(cfg, "vocab_size", 0)
+    n = config.batch_size * config.seq_len
+    params = sum(p.numel() for p in model.parameters())
+    trainable = params if config.method == "full" else params // 100
+    mb = 4 / 2**20
+    fixed = (params + 3 * trainable) * mb
+    per_layer = n * (10 * d + 4 * f) * mb
+    logits, chunk_logits = 3 * n * vocab * mb, 3 * min(n, 1024) * vocab * mb
+    estimate = fixed + layers * per_layer + logits
+    budget = config.memory_budget_mb
+    chunked = config.chunked_ce
+    if chunked is None:
+        chunked = budget is not None and estimate > budget
+    head = chunk_logits if chunked else logits
+    checkpointing = config.gradient_checkpointing
+    if checkpointing is None:
+        checkpointing = budget is not None and fixed + layers * per_layer + head > budget
+    acts = (n * layers * d * mb + per_layer) if checkpointing else layers * per_layer
+    return MemoryPlan(bool(chunked), bool(checkpointing), round(estimate, 1), round(fixed + acts + head, 1))
+
+
+def enable_checkpointing(model: Any, lora: bool) -> None:
+    """HF activation (gradient) checkpointing, non-reentrant: works with frozen inputs, keeps dropout's
+    RNG. transformers 5 renamed `gradient_checkpointing_enable` (now a deprecated alias)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    elif hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        raise LmoptError(f"gradient_checkpointing: {type(model).__name__} does not support it")
+    if getattr(model, "config", None) is not None:
+        model.config.use_cache = False
+    if lora:
+        # peft + checkpointing: frozen embeddings give the first checkpointed layer an input without
+        # grad; make it require one so a reentrant checkpoint (if a model forces it) still reaches the
+        # adapters (newer transformers do this inside the call above; doing it twice is harmless)
+        model.enable_input_require_grads()
+
+
 def prepare_model(model: Any, config: TrainConfig) -> Any:
-    """Dropout settings, then LoRA adapters (their own dropout) or every weight trainable."""
+    """Dropout settings, gradient checkpointing if planned, then LoRA adapters (their own dropout) or
+    every weight trainable."""
     if config.dropout is not None:
         apply_dropout(model, config.dropout)
+    if memory_plan(model, config).gradient_checkpointing:
+        enable_checkpointing(model, config.method == "lora")
     if config.method == "lora":
         # LoRA's A matrices are drawn here, before the loop seeds anything: seed them from the config so
         # the same config gives the same run whatever ran before in this process.
@@ -191,6 +262,7 @@ def summary(outcome: LoopOutcome, prepared: PreparedData, config: TrainConfig) -
         "tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 2),
         "trainable_parameters": outcome.trainable,
         "peak_memory_mb": round(outcome.peak_memory_mb, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         "first_eval_loss": history[0]["eval_loss"] if history else None,
         "final_eval_loss": history[-1]["eval_loss"] if history else None,
         "best_eval_loss": state.best_eval_loss,
