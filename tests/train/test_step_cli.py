@@ -119,7 +119,11 @@ def test_cli_train_and_distill(tmp_path, tiny_dir, monkeypatch, capsys):
         == 0
     )
     assert (tmp_path / "ft" / "config.json").exists()
-    assert json.loads((tmp_path / "ft.json").read_text())["steps"][0]["metrics"]["method"] == "lora"
+    ft_metrics = json.loads((tmp_path / "ft.json").read_text())["steps"][0]["metrics"]
+    assert ft_metrics["method"] == "lora"
+    assert ft_metrics["peak_rss_mb"] > 0 and ft_metrics["peak_rss_mb"] >= ft_metrics["peak_memory_mb"]
+    assert ft_metrics["gradient_checkpointing"] is False  # a tiny model fits the default budget
+    assert json.loads((tmp_path / "ft" / "lmopt.json").read_text())["config"]["lr"] == 1e-3
     assert (
         _cli(
             [
