@@ -176,4 +176,5 @@ def test_cli_quantize(tiny_dir, tmp_path):
     assert result.exit_code == 0, result.output
     modules = load_model(out).card.format_info["modules"]
     assert len(modules) == 2 * 7 + 1  # every projection and lm_head (which is 8-bit by default anyway)
-    assert {(m["bits"], m["group_size"]) for name, m in modules.items() if name != "lm_head"} == {(8, 0)}
+    # --group-size 0 is per channel: stored as one group spanning each row
+    assert {(m["bits"], m["group_size"] == m["in_features"]) for m in modules.values()} == {(8, True)}
