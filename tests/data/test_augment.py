@@ -7,7 +7,15 @@ from collections import Counter
 
 import pytest
 
-from lmopt.data.augment import augment, random_delete, random_insert, random_swap
+from lmopt.data.augment import (
+    _shingles,
+    augment,
+    jaccard,
+    model_paraphraser,
+    random_delete,
+    random_insert,
+    random_swap,
+)
 from lmopt.data.config import AugmentConfig
 from lmopt.errors import LmoptError
 
@@ -49,13 +57,23 @@ def test_paraphrase_needs_a_model_and_runs_with_tiny(tiny_dir):
 
 @pytest.mark.integration
 def test_paraphrase_with_embedded_model():
-    cfg = AugmentConfig(methods=["paraphrase"], per_row=1, max_new_tokens=24, temperature=0.7)
-    result = augment(["The meeting was moved from Monday to Friday because the room was booked."], cfg,
-                     model="smollm2-135m-instruct")
+    """Each sampled draft is kept exactly when the documented rule says (non-empty, Jaccard of word
+    bigrams to the source and to kept siblings below the threshold). At per_row=1 the 135M model's only
+    draft was a verbatim copy, dropped every time, so the content check used to be skipped: 3 draws."""
+    source = "The meeting was moved from Monday to Friday because the room was booked."
+    cfg = AugmentConfig(methods=["paraphrase"], per_row=3, max_new_tokens=24, temperature=0.7)
+    drafts = model_paraphraser("smollm2-135m-instruct", cfg)(source, 3)  # the same seeded draws augment makes
+    result = augment([source], cfg, model="smollm2-135m-instruct")
+    expected, seen = [], [_shingles(source)]
+    for draft in drafts:
+        if draft.strip() and all(jaccard(_shingles(draft), s) < cfg.dedup_threshold for s in seen):
+            expected.append(draft)
+            seen.append(_shingles(draft))
     para = [r["text"] for r in result.rows if r["augmentation"] == "paraphrase"]
-    assert len(para) <= 1 and all(p.strip() for p in para)
-    if para:  # a real paraphrase shares content words with its source
-        assert {"meeting", "friday", "monday"} & set(para[0].lower().replace(".", " ").split())
+    assert para == expected and len(para) >= 1
+    assert result.made.get("paraphrase", 0) + result.dropped.get("paraphrase", 0) == 3
+    for text in para:  # a real paraphrase shares content words with its source
+        assert {"meeting", "friday", "monday"} & set(text.lower().replace(".", " ").split()), text
 
 
 def test_chat_preamble_is_stripped():

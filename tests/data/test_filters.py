@@ -43,8 +43,10 @@ def test_each_quality_rule_fires(text, rule):
 def test_repetition_rules(docs):
     lines = "\n".join([docs[1][:80]] * 6 + [docs[2]])
     assert quality_reason(lines, QualityConfig()) == "gopher_repeated_lines"
-    looped = docs[3] + " " + " ".join(docs[4].split()[:30]) * 1 + " " + " ".join(docs[4].split()[:30]) * 1
-    assert quality_reason(docs[4] + " " + docs[4], QualityConfig()) is not None
+    looped = docs[3] + " " + " ".join(docs[4].split()[:30]) + " " + " ".join(docs[4].split()[:30])
+    assert quality_reason(docs[4], QualityConfig()) is None  # the document alone passes
+    assert quality_reason(docs[4] + " " + docs[4], QualityConfig()) == "gopher_dup_5gram"
+    assert quality_reason(looped, QualityConfig()) == "gopher_dup_5gram"  # a repeated 30-word run
     assert quality_reason(looped, QualityConfig(repetition=False)) is None
 
 

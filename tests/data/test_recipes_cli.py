@@ -53,7 +53,10 @@ def test_clean_finetune_recipe_feeds_training(corpus, tmp_path, tiny_dir):
                                        max_val_batches=1, warmup_steps=0)
     summary = run_recipe(recipe, tmp_path, log=lambda *a: None)
     assert summary["steps"][0]["metrics"]["rows_out"] == 13
-    assert Path(summary["steps"][1]["model"]).is_dir()
+    trained = summary["steps"][1]["metrics"]
+    assert trained["train_records"] + trained["val_records"] == 13  # the cleaned rows, not the raw 15
+    card = json.loads((Path(summary["steps"][1]["model"]) / "lmopt.json").read_text())
+    assert card["step"] == "finetune" and trained["steps"] == 2
 
 
 def test_clean_augment_instruct_recipe(tmp_path):
@@ -66,7 +69,11 @@ def test_clean_augment_instruct_recipe(tmp_path):
     summary = run_recipe(recipe, tmp_path, log=lambda *a: None)
     assert summary["steps"][0]["metrics"]["rows_out"] == 5
     out = [json.loads(line) for line in Path(summary["steps"][1]["data"]).read_text().splitlines()]
-    assert sum(r["augmentation"] == "original" for r in out) == 5 and len(out) > 5
+    made = summary["steps"][1]["metrics"]
+    # swap, delete and insert once per row: each copy is kept (made) or dropped as a near copy
+    assert sum(made["made"].values()) + sum(made["dropped"].values()) == 5 * 3
+    assert sum(r["augmentation"] == "original" for r in out) == 5
+    assert len(out) == 5 + sum(made["made"].values()) > 5
     new = [r for r in out if r["augmentation"] != "original"]
     assert all(r["output"].startswith("Idea") and "source_line" in r for r in new)
 
@@ -93,12 +100,14 @@ def test_cli_clean_stats_augment(corpus, tmp_path, docs):
     assert len(aug.read_text().splitlines()) == 26
 
 
-def test_cli_bad_input_is_one_line_error(tmp_path):
+def test_cli_bad_input_is_one_line_error(tmp_path, capsys):
     from lmopt.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(["data", "clean", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "o.jsonl")])
     assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "missing.jsonl" in err and "\n" not in err and "Traceback" not in err
     bad = tmp_path / "bad.yaml"
     bad.write_text("dedup: {mode: fuzzy}\n")
     (tmp_path / "in.txt").write_text("hello")
@@ -106,3 +115,5 @@ def test_cli_bad_input_is_one_line_error(tmp_path):
         main(["data", "clean", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.jsonl"),
               "--config", str(bad)])
     assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "dedup.mode: Input should be" in err and "\n" not in err  # one line naming the field
