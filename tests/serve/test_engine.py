@@ -142,7 +142,7 @@ def test_quantized_model_runs_its_fast_kernels_and_matches_its_own_generate() ->
     dense = [m for m in loaded.model.modules() if type(m).__name__ == "QuantLinear" and m.cache_dense]
     assert len(dense) == backends.get("int4", 0) + backends.get("int8", 0)  # prompt chunks: dense copy
     q_proj, fused = loaded.model.model.layers[0].self_attn.q_proj, engine.runner.qkv[0].inner
-    assert q_proj._dense.untyped_storage().data_ptr() == fused._dense.untyped_storage().data_ptr()
+    assert q_proj.dense_weight().untyped_storage().data_ptr() == fused.dense_weight().untyped_storage().data_ptr()
 
 
 @pytest.mark.parametrize("quantized", [False, True])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lmopt.serve.sampling import SamplingParams, filter_top_k, filter_top_p, sample
@@ -24,9 +25,15 @@ def test_per_row_settings_and_greedy_rows() -> None:
     params = [SamplingParams(temperature=0), SamplingParams(top_k=1, temperature=1.5),
               SamplingParams(temperature=1.0, top_k=3, seed=7)]
     tokens = sample(logits, params, [p.make_generator() for p in params])
-    assert tokens[0] == tokens[0] == int(logits[0].argmax())
-    assert tokens[1] == int(logits[1].argmax())
-    assert tokens[2] in logits[2].topk(3).indices.tolist()
+    assert tokens[0] == int(logits[0].argmax())  # temperature 0: greedy
+    assert tokens[1] == int(logits[1].argmax())  # top_k 1: greedy whatever the temperature
+    # row 2 alone, many draws: only the top 3 tokens, at their renormalized softmax frequencies
+    gen = params[2].make_generator()
+    draws = torch.tensor([sample(logits[2:], params[2:], [gen])[0] for _ in range(3000)])
+    top = logits[2].topk(3)
+    assert set(draws.tolist()) == set(top.indices.tolist())
+    freq = torch.stack([(draws == i).float().mean() for i in top.indices])
+    torch.testing.assert_close(freq, torch.softmax(top.values, -1), atol=0.03, rtol=0)
 
 
 def test_seeded_sampling_is_reproducible_and_follows_the_distribution() -> None:
@@ -44,5 +51,6 @@ def test_temperature_sharpens() -> None:
     logits = torch.log(torch.tensor([[0.6, 0.4]]))
     cold = SamplingParams(temperature=0.2, seed=0)
     gen = cold.make_generator()
-    draws = [sample(logits, [cold], [gen])[0] for _ in range(500)]
-    assert draws.count(0) / 500 > 0.8  # p0 = 0.6^5 / (0.6^5 + 0.4^5) = 0.88
+    draws = [sample(logits, [cold], [gen])[0] for _ in range(2000)]
+    p0 = 0.6**5 / (0.6**5 + 0.4**5)  # temperature 0.2 raises probabilities to the 5th power: 0.884
+    assert draws.count(0) / 2000 == pytest.approx(p0, abs=0.03)  # 4 standard deviations of 2000 draws
