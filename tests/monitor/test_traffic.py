@@ -113,7 +113,8 @@ def test_feedback_for_issued_or_recorded_ids_only(store) -> None:
     assert [(r["response_id"], r["rating"]) for r in rows] == [("cmpl-recorded", 1.0), ("cmpl-not-sampled", -1.0)]
     assert rows[0]["correction"] == "Call me at <PHONE>."
     [rated] = store.rated()
-    assert rated["response_id"] == "cmpl-recorded" and rated["rating"] == 1.0 and rated["prompt"]
+    assert rated["response_id"] == "cmpl-recorded" and rated["rating"] == 1.0
+    assert (rated["prompt"], rated["response"]) == ("What is a list?", "A list is a sequence.")  # joined
 
 
 def test_write_failures_are_counted_and_the_writer_goes_on(store) -> None:
