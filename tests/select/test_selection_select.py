@@ -71,13 +71,14 @@ def test_percentile_matches_numpy():
 
 def test_select_measures_every_way_and_recommends_by_constraints(tmp_path):
     cands = [candidate("bert", "encoder", "probe", tiny_bert),
+             candidate("bert", "encoder", "similarity", tiny_bert),
              candidate("llama", "decoder", "zero-shot", tiny_decoder),
              candidate("llama", "decoder", "lora", tiny_decoder),
              candidate("t5", "seq2seq", "zero-shot", tiny_t5)]
     config = SelectConfig(**FAST, output=str(tmp_path))
     result = select("classify", cands, sentiment_rows(), "", config)
     rows = {r["candidate"]: r for r in result.rows}
-    assert list(rows) == ["bert:probe", "llama:zero-shot", "llama:lora", "t5:zero-shot"]
+    assert list(rows) == ["bert:probe", "bert:similarity", "llama:zero-shot", "llama:lora", "t5:zero-shot"]
     for row in rows.values():
         assert 0 <= row["accuracy"] <= 1 and row["eval_items"] == 24
         assert 0 < row["latency_p50_ms"] <= row["latency_p99_ms"] and row["throughput_items_s"] > 0
@@ -87,15 +88,30 @@ def test_select_measures_every_way_and_recommends_by_constraints(tmp_path):
     # the recommendation follows the measured table: the best accuracy among the feasible
     best = max(result.rows, key=lambda r: (r["accuracy"], -r["latency_p50_ms"]))
     assert result.recommended == best["candidate"]
-    # a size limit only the BERT and T5 meet moves the choice to the better of those two
+    # a size limit only the BERTs and the T5 meet moves the choice to the best of those
     small = SelectConfig(**FAST, constraints=f"size_mb<={rows['llama:zero-shot']['size_mb'] - 0.01}")
     front, recommended, reasons = choose(result.rows, small)
-    expected = max((rows["bert:probe"], rows["t5:zero-shot"]), key=lambda r: (r["accuracy"], -r["latency_p50_ms"]))
+    small_ones = (rows["bert:probe"], rows["bert:similarity"], rows["t5:zero-shot"])
+    expected = max(small_ones, key=lambda r: (r["accuracy"], -r["latency_p50_ms"]))
     assert recommended == expected["candidate"] and reasons["llama:lora"] and not reasons["bert:probe"]
     _, none, reasons = choose(result.rows, SelectConfig(constraints="size_mb<=0.001"))
     assert none is None and all(reasons.values())
     saved = json.loads((tmp_path / "select.json").read_text())
     assert saved["recommended"] == result.recommended and "| bert:probe |" in (tmp_path / "select.md").read_text()
+
+
+def test_similarity_way_picks_the_nearest_label_centroid():
+    from lmopt.select.selection_ways import EncoderProbe
+
+    rows = sentiment_rows(40)
+    data = load_task_data("classify", rows, train_rows=20)
+    way = EncoderProbe(candidate("bert", "encoder", "similarity", tiny_bert), tiny_bert(), data, SelectConfig(**FAST))
+    way.adapt()
+    x = way._features([e.source for e in data.eval])
+    centroids = torch.stack([torch.nn.functional.normalize(way._features(
+        [e.source for e in data.train if e.target == label]).mean(0), dim=0) for label in data.labels])
+    expected = [data.labels[i] for i in (x @ centroids.T).argmax(-1).tolist()]
+    assert way.predict([e.source for e in data.eval]) == expected
 
 
 def test_encoder_decoder_trains_and_scores_text2text():

@@ -6,7 +6,7 @@ its config: `seq2seq` (encoder-decoder, AutoModelForSeq2SeqLM), `decoder` (a cau
 
 | family  | classify                      | generate / text2text  |
 | ------- | ----------------------------- | --------------------- |
-| encoder | probe (frozen, linear head)   | -- (cannot generate)  |
+| encoder | probe (linear head), similarity (nearest label centroid) | -- (cannot generate) |
 | decoder | zero-shot (label words), lora | zero-shot, lora       |
 | seq2seq | zero-shot (label words), finetune | zero-shot, finetune |
 
@@ -31,7 +31,7 @@ from lmopt.models.load import resolve, resolve_dtype
 from lmopt.settings import lmopt_home
 
 WAYS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("encoder", "classify"): ("probe",),
+    ("encoder", "classify"): ("probe", "similarity"),
     ("decoder", "classify"): ("zero-shot", "lora"),
     ("decoder", "generate"): ("zero-shot", "lora"),
     ("decoder", "text2text"): ("zero-shot", "lora"),

@@ -6,13 +6,14 @@ Every way has the same four methods, which `selection_measure` times:
 - `nll(examples)`: generate / text2text: (sum of -log p(reference tokens), reference tokens);
 - `respond(source)`: one request at batch 1 (a classification, or `latency_new_tokens` generated tokens).
 
-Encoders classify with a linear probe: mean-pooled, L2-normalized last hidden states (the sentence-
-transformers pooling of all-MiniLM-L6-v2) and a multinomial logistic regression fitted by L-BFGS on the
+Encoders classify from mean-pooled, L2-normalized last hidden states (the sentence-transformers pooling
+of all-MiniLM-L6-v2): with a linear probe, a multinomial logistic regression fitted by L-BFGS on the
 objective of scikit-learn's LogisticRegression (C x sum of cross-entropies + ||W||^2 / 2, intercept not
-penalized). Decoders score each label word after the prompt with `lmopt.evaluate.loglik` (zero-shot), or
-after LoRA tuning on prompt -> label chat rows with `lmopt.train.finetune`, rendered with the chat template
-both in training and in scoring. Encoder-decoders score the label (or reference) as the decoder's target,
-zero-shot or after fine-tuning on the shared training loop (`lmopt.train.loop.train_loop`).
+penalized), or by similarity to each label's centroid. Decoders score each label word after the prompt
+with `lmopt.evaluate.loglik` (zero-shot), or after LoRA tuning on prompt -> label chat rows with
+`lmopt.train.finetune`, rendered with the chat template both in training and in scoring.
+Encoder-decoders score the label (or reference) as the decoder's target, zero-shot or after
+fine-tuning on the shared training loop (`lmopt.train.loop.train_loop`).
 """
 
 from __future__ import annotations
@@ -68,9 +69,12 @@ def mean_pooled(model: Any, tokenizer: Any, texts: list[str], batch_size: int, m
 
 
 class EncoderProbe:
-    """A frozen encoder with a logistic-regression head (classify)."""
+    """A frozen encoder with a linear head (classify): way `probe` fits a logistic regression on the
+    embeddings; way `similarity` takes each label's mean training embedding (renormalized) as its
+    weights, so a text goes to the label whose centroid it is most cosine-similar to."""
 
     def __init__(self, candidate: Candidate, loaded: Loaded, data: TaskData, cfg: Any):
+        self.way = candidate.way
         self.model, self.tokenizer, self.cfg = loaded.model, loaded.tokenizer, cfg
         self.labels, self.train = data.labels, data.train
         self.max_length = min(cfg.max_length, getattr(self.tokenizer, "model_max_length", cfg.max_length))
@@ -82,7 +86,11 @@ class EncoderProbe:
     def adapt(self) -> dict[str, Any]:
         x = self._features([e.source for e in self.train])
         y = torch.tensor([self.labels.index(e.target) for e in self.train])
-        self.head = fit_logistic(x, y, len(self.labels), self.cfg.probe_c)
+        if self.way == "similarity":
+            centroids = torch.stack([x[y == k].mean(0) for k in range(len(self.labels))])  # (labels, hidden)
+            self.head = (F.normalize(centroids, dim=-1), torch.zeros(len(self.labels)))
+        else:
+            self.head = fit_logistic(x, y, len(self.labels), self.cfg.probe_c)
         return {"train_examples": len(self.train)}
 
     def predict(self, sources: list[str]) -> list[str]:
