@@ -1,0 +1,69 @@
+"""Architecture selection on BoolQ: an encoder with a trained head against decoders zero-shot and LoRA-tuned.
+
+Run: .venv/bin/python benchmarks/select_boolq.py [--data-dir ../shared/data] [--eval-limit N]
+     [--candidate MODEL:WAY ...] [--constraints "latency_p50_ms<=200"] [--threads 1] [--out DIR]
+
+Data: the shared BoolQ file (3,270 rows, the dev set): the first 2,000 rows train (the probe's logistic
+regression, LoRA), the other 1,270 evaluate (`--eval-limit` takes the first N of them for a short run).
+Candidates by default: all-MiniLM-L6-v2 with a linear probe on mean-pooled embeddings and by similarity to
+each label's centroid, SmolLM2-135M-Instruct
+zero-shot (" no" / " yes" scored after "Passage ... Question ...?\nAnswer:", as lm-evaluation-harness
+scores BoolQ) and after LoRA on prompt -> label chat rows, Gemma-3-270M (base) zero-shot. Prints the
+table (Markdown), the majority-class baseline, the load average before and after, and one JSON line.
+Goal (issue 15): the table side by side, the recommendation following from it and the constraints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+from lmopt.select.selection import select
+from lmopt.select.selection_config import SelectConfig
+from lmopt.select.selection_data import load_task_data
+
+DEFAULT = ["all-minilm-l6-v2:probe", "all-minilm-l6-v2:similarity", "smollm2-135m-instruct:zero-shot",
+           "smollm2-135m-instruct:lora", "gemma-3-270m:zero-shot"]
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N held-out rows")
+    parser.add_argument("--train-limit", type=int, default=None, help="train on the first N of the 2,000")
+    parser.add_argument("--candidate", action="append", default=None, help="MODEL:WAY (repeatable)")
+    parser.add_argument("--constraints", default="")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--train-steps", type=int, default=200)
+    parser.add_argument("--out", default=None, help="directory for select.json / select.md")
+    args = parser.parse_args()
+
+    path = Path(args.data_dir) / "boolq" / "boolq.jsonl"
+    config = SelectConfig(task_type="classify", candidates=args.candidate or DEFAULT, data=str(path),
+                          train_rows=2000, train_limit=args.train_limit, eval_limit=args.eval_limit,
+                          constraints=args.constraints, threads=args.threads, batch_size=args.batch_size,
+                          train_steps=args.train_steps, max_length=512, output=args.out)
+    data = load_task_data("classify", str(path), None, 2000, args.train_limit, args.eval_limit)
+    majority = Counter(e.target for e in data.eval).most_common(1)[0]
+    before, start = loadavg(), time.time()
+    result = select(config=config, data=data, log=print)
+    after = loadavg()
+    print(result.markdown())
+    print(f"eval items: {len(data.eval)}, train items: {len(data.train)}; majority class '{majority[0]}' = "
+          f"{majority[1] / len(data.eval):.3f}; load average before {before}, after {after}; "
+          f"{time.time() - start:.0f} s")
+    print(json.dumps({"rows": result.rows, "recommended": result.recommended, "front": result.front,
+                      "majority_baseline": majority[1] / len(data.eval), "loadavg_before": before,
+                      "loadavg_after": after}))
+
+
+if __name__ == "__main__":
+    main()
