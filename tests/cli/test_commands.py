@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from lmopt.hardware import detect_hardware
+
 
 def lmopt(*args, env=None):
     return subprocess.run([sys.executable, "-m", "lmopt", *map(str, args)], capture_output=True, text=True,
@@ -46,7 +48,10 @@ def test_hw_reports_bandwidth(tmp_path):
     res = lmopt("hw", "--json", out)
     assert res.returncode == 0, res.stderr
     info = json.loads(out.read_text())
-    assert info["bandwidth_gbs"] > 0 and info["dtype"] in ("float32", "bfloat16", "float16")
+    facts = detect_hardware().to_dict()  # the same detection, run in this process
+    del facts["bandwidth_gbs"]
+    assert {key: info[key] for key in facts} == facts
+    assert info["bandwidth_gbs"] > 0  # a measurement: no reference value on a shared machine
 
 
 def test_the_cli_starts_without_torch():
