@@ -12,7 +12,7 @@ import sys
 import typer
 
 from lmopt import cli_monitor
-from lmopt.cli import monitoring, optimize, serve, steps, tune, views
+from lmopt.cli import choose, monitoring, optimize, serve, steps, tune, views
 from lmopt.errors import LmoptError
 from lmopt.monitor import enable_alias_references
 
@@ -29,6 +29,7 @@ tune.register(app)
 cli_monitor.register(app)
 monitoring.register(app)
 optimize.register(app)
+choose.register(app)
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning LmoptError into one line and exit status 2."""
