@@ -11,8 +11,7 @@ import sys
 
 import typer
 
-from lmopt import cli_monitor
-from lmopt.cli import choose, monitoring, optimize, serve, steps, tune, views
+from lmopt.cli import choose, monitoring, optimize, registry, serve, steps, tune, views
 from lmopt.errors import LmoptError
 from lmopt.monitor import enable_alias_references
 
@@ -26,7 +25,7 @@ steps.register(app, data_app)
 views.register(app, data_app)
 serve.register(app)
 tune.register(app)
-cli_monitor.register(app)
+registry.register(app)
 monitoring.register(app)
 optimize.register(app)
 choose.register(app)
