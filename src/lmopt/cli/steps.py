@@ -22,7 +22,7 @@ from lmopt.cli.options import FieldOption, as_parameters, build_command, config_
 from lmopt.cli.views import kernel_table
 from lmopt.compress.prune.config import PruneStepConfig
 from lmopt.compress.quantize.config import QuantizeStepConfig
-from lmopt.configs import union_members
+from lmopt.configs import parse_config, union_members
 from lmopt.data.config import AugmentConfig, CleanConfig
 from lmopt.evaluate.config import BenchConfig, EvaluateConfig
 from lmopt.export.config import ExportConfig
@@ -218,6 +218,9 @@ def add_verb(app: typer.Typer, verb: Verb, summary: str) -> None:
                  for k, v in fields.items()}
         config = config_from_cli(values, options, values.get("config"), values.get("set") or [], verb.config,
                                  fixed)
+        # validate here, so an error names the --config file (or the command), not the one-step recipe
+        where = f"{values['config']} (with the command's flags)" if values.get("config") else f"lmopt {verb.name}"
+        parse_config(verb.config, config, where=where)
         inputs = {k: values.get(k) for k in ("model", "teacher", "input")}
         run_verb(verb, inputs, config, values)
 
