@@ -32,6 +32,7 @@ STEP_TABLE: dict[str, str] = {
     "distill": "lmopt.train.step:DISTILL",
     "tune": "lmopt.tune.step:TUNE",
     "quantize": "lmopt.compress.quantize.step:QUANTIZE",
+    "rotate": "lmopt.compress.quantize.rotate_step:ROTATE",
     "prune": "lmopt.compress.prune.step:PRUNE",
     "serve-bench": "lmopt.serve.step:SERVE_BENCH",
     "export": "lmopt.export.step:EXPORT",

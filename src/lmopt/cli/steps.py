@@ -21,7 +21,7 @@ from rich.table import Table
 from lmopt.cli.options import FieldOption, as_parameters, build_command, config_from_cli, config_options
 from lmopt.cli.views import kernel_table
 from lmopt.compress.prune.config import PruneStepConfig
-from lmopt.compress.quantize.config import QuantizeStepConfig
+from lmopt.compress.quantize.config import QuantizeStepConfig, RotateConfig
 from lmopt.configs import parse_config, union_members
 from lmopt.data.config import AugmentConfig, CleanConfig
 from lmopt.evaluate.config import BenchConfig, EvaluateConfig
@@ -103,6 +103,7 @@ VERBS = [
     Verb("eval", "evaluate", EvaluateConfig, output="none", aliases={"task": "tasks"}, short={"task": "-t"}),
     Verb("bench", "bench", BenchConfig, output="none", show=_show_speed),
     Verb("quantize", "quantize", QuantizeStepConfig, aliases=CALIBRATION, short={"method": "-m"}),
+    Verb("rotate", "rotate", RotateConfig),
     Verb("prune", "prune", PruneStepConfig, short={"method": "-m"},
          aliases={**CALIBRATION, "recover-minutes": "recover.distill.max_minutes", "recover-data": "recover.data"}),
     Verb("train", "finetune", FinetuneStepConfig,
@@ -237,6 +238,8 @@ SUMMARIES = {
     "evaluate": "Evaluate a model: perplexity (pydoc, wikitext2, a file) and multiple-choice accuracy.",
     "bench": "Measure prefill and decode speed, time to first token, memory and size on disk.",
     "quantize": "Quantize a model (RTN, GPTQ, AWQ, W8A8) into packed low-bit weights.",
+    "rotate": "Rotate a model's residual stream and attention heads (Hadamard, fused into the weights): "
+              "the same model, easier to quantize to 4 bits.",
     "prune": "Prune a model: sparsity (magnitude, Wanda, SparseGPT; N:M) or structured shrinking.",
     "finetune": "Fine-tune a model (full or LoRA) on raw text (domain adaptation) or chat data.",
     "distill": "Distill a teacher into a student (a given model, or the teacher cut to N layers).",
