@@ -119,8 +119,8 @@ class W8A8Config(WeightQuantConfig):
 
 class RotateConfig(Config):
     """An offline rotation of a llama-style model (QuaRot/SpinQuant style) fused into its weights: the
-    result is an ordinary HF model computing the same function, whose weights round better at 4 bits.
-    The `rotate` step's config, and `rotation` of `rotate+gptq`."""
+    result is an ordinary HF model computing the same function, whose weights GPTQ rounds better at
+    4 bits (not RTN: see rotate_model.py). The `rotate` step's config, and `rotation` of `rotate+gptq`."""
 
     seed: int = 0
     """Seed of the random +-1 signs multiplying the Hadamard matrices (and of the random orthogonal
