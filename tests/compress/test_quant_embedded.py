@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def layer0_inputs(embedded):
-    """Real inputs of layer 0's Linears: 4 windows x 128 tokens of pydoc-train."""
+    """Real inputs of layer 0's Linears: 4 windows x 128 tokens of the default calibration mix."""
     model = embedded.model
     windows = calibration_windows(embedded.tokenizer, n_samples=4, seq_len=128)
     inputs = capture_layer_inputs(model, windows, batch_size=4)
