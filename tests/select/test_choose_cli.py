@@ -9,16 +9,9 @@ import sys
 
 import pytest
 
-# The commands are registered by lmopt.cli once wired; until then this registers them the same way.
-ENTRY = ("import sys, lmopt.cli as cli\n"
-         "from lmopt.cli import choose\n"
-         "if 'plan' not in [c.name for c in cli.app.registered_commands]:\n"
-         "    choose.register(cli.app)\n"
-         "cli.main(sys.argv[1:])\n")
-
 
 def lmopt(*args):
-    return subprocess.run([sys.executable, "-c", ENTRY, *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "lmopt", *map(str, args)], capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
 
 
