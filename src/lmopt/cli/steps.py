@@ -237,7 +237,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
 SUMMARIES = {
     "evaluate": "Evaluate a model: perplexity (pydoc, wikitext2, a file) and multiple-choice accuracy.",
     "bench": "Measure prefill and decode speed, time to first token, memory and size on disk.",
-    "quantize": "Quantize a model (RTN, GPTQ, AWQ, W8A8) into packed low-bit weights.",
+    "quantize": "Quantize a model (RTN, GPTQ, AWQ, W8A8, rotate+GPTQ) into packed low-bit weights.",
     "rotate": "Rotate a model's residual stream and attention heads (Hadamard, fused into the weights): "
               "the same model, easier to quantize to 4 bits.",
     "prune": "Prune a model: sparsity (magnitude, Wanda, SparseGPT; N:M) or structured shrinking.",
