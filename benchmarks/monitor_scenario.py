@@ -17,6 +17,7 @@
     .venv/bin/python benchmarks/monitor_scenario.py --scale tiny                   # smoke test, tiny model
     .venv/bin/python benchmarks/monitor_scenario.py --no-serve --seeds 5           # drift calibration only:
         prompts recorded straight into the store, reference answers as responses; no model, ~1 minute
+    .venv/bin/python benchmarks/monitor_scenario.py --drift-only --null 600        # steps 1-4 only (served)
 """
 
 from __future__ import annotations
@@ -176,7 +177,8 @@ def drift_phases(driver: Driver, store: Any, data: dict, scale: dict, seed: int,
             "reference_requests": scale["reference"], "window": scale["window"], "every": scale["every"]}
 
 
-def make_production(model: str, root: Path, registry: Any, float_production: bool) -> dict[str, str]:
+def make_production(model: str, root: Path, registry: Any, float_production: bool,
+                    bad: bool = True) -> dict[str, str]:
     """@production (RTN W8 of `model`, or `model` itself) and a bad candidate (RTN W3 of `model`)."""
     from lmopt.models.load import resolve
     from lmopt.monitor import promote, register_model
@@ -191,7 +193,7 @@ def make_production(model: str, root: Path, registry: Any, float_production: boo
     production = source if float_production else quantize(8)
     register_model(production, registry)
     promote(production, "production", registry, reason="monitor scenario")
-    return {"production": production, "bad": quantize(3)}
+    return {"production": production, **({"bad": quantize(3)} if bad else {})}
 
 
 def suite_file(root: Path, heldout: Path, scale: dict) -> Path:
@@ -243,7 +245,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from lmopt.monitor.traffic import TrafficStore
 
     torch.set_num_threads(args.threads)
-    scale, data = SCALES[args.scale], splits(args.seed)
+    scale, data = dict(SCALES[args.scale]), splits(args.seed)
+    if args.null is not None:
+        scale["null"] = args.null
     root = Path(tempfile.mkdtemp(prefix="lmopt-monitor-scenario-"))
     registry = Registry(f"sqlite:///{root / 'registry.db'}")
     enable_alias_references(registry.url)
@@ -261,8 +265,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from lmopt.serve.server import BackgroundServer, build_app
 
     model = args.model or (str(save_tiny_llama(root / "tiny")) if args.scale == "tiny" else "smollm2-135m-instruct")
-    models = make_production(model, root, registry, args.float_production)
+    models = make_production(model, root, registry, args.float_production, bad=not args.drift_only)
     store = TrafficStore(f"sqlite:///{root / 'traffic.db'}")
+    started = time.time()
     engine = EngineConfig(max_batch=args.concurrency, max_model_len=1024, threads=args.threads)
     app = build_app(models["production"], engine, ServerConfig(port=0, model_name="m"), traffic=store)
     with BackgroundServer(app) as server:
@@ -273,6 +278,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         result["drift"]["prometheus"] = [line for line in httpx.get(server.url + "/metrics").text.splitlines()
                                          if line.startswith("lmopt_drift")]
+    result["drift"]["serve_seconds"] = round(time.time() - started, 1)
+    if args.drift_only:
+        store.close()
+        return result
     suite = suite_file(root, heldout_file(data["heldout"], root / "heldout.txt"), scale)
     result["improve"] = improve_phase(store, registry, result["drift"]["feedback_window"], suite, scale, root)
     result["bad_candidate"] = bad_candidate_phase(models["bad"], suite, registry)
@@ -287,6 +296,8 @@ def main() -> None:
     parser.add_argument("--float-production", action="store_true", help="Serve the float model (no replay).")
     parser.add_argument("--no-serve", action="store_true", help="Drift calibration only (see the docstring).")
     parser.add_argument("--seeds", type=int, default=1, help="Streams to simulate with --no-serve.")
+    parser.add_argument("--drift-only", action="store_true", help="Serve and check drift; no improve, no gate.")
+    parser.add_argument("--null", type=int, default=None, help="In-distribution requests (default: the scale's).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rate-share", type=float, default=0.3, help="Share of answers users rate.")
     parser.add_argument("--f1", type=float, default=0.2, help="Token F1 against the reference for a +1.")
