@@ -37,6 +37,7 @@ import torch
 from lmopt.data.text import TEXT_SOURCES, load_text, pydoc_text
 from lmopt.errors import LmoptError
 from lmopt.settings import default_data_dir
+from lmopt.step import StepContext
 from lmopt.train.data import read_records
 
 log = logging.getLogger("lmopt.compress")
@@ -124,6 +125,32 @@ def source_text(tokenizer: Any, source: str, data_dir: str | Path | None = None)
         return load_text(str(path), data_dir)
     kind, records = read_records(path)
     return "\n\n".join(records) if kind == "text" else _chat_text(tokenizer, records)
+
+
+def is_file_source(source: str) -> bool:
+    """Whether a calibration `source` is the user's file rather than `mix` or a named text source."""
+    return source not in (MIX, *TEXT_SOURCES, "wikitext")
+
+
+def with_step_paths(config: Any, ctx: StepContext) -> Any:
+    """`config` (a method config with a `calibration` field, or without one) as a step runs it: the
+    calibration data dir defaults to the step's, and a file source given relative resolves against the
+    recipe's folder (`ctx.resolve_path`). A missing file is one line naming it."""
+    calibration = getattr(config, "calibration", None)
+    if calibration is None:
+        return config
+    update: dict[str, Any] = {}
+    if calibration.data_dir is None and ctx.data_dir is not None:
+        update["data_dir"] = str(ctx.data_dir)
+    if is_file_source(calibration.source):
+        path = ctx.resolve_path(calibration.source)
+        if not path.is_file():
+            raise LmoptError(f"calibration.source: no such file {path} (a relative path is read from the "
+                             f"recipe's folder; named sources: {MIX}, {', '.join(TEXT_SOURCES)})")
+        update["source"] = str(path)
+    if not update:
+        return config
+    return config.model_copy(update={"calibration": calibration.model_copy(update=update)})
 
 
 def token_ids(tokenizer: Any, text: str) -> torch.Tensor:

@@ -21,10 +21,9 @@ import copy
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, model_validator
 
-from lmopt.configs import Config, set_path
+from lmopt.configs import Config, read_yaml_map, set_path
 from lmopt.errors import LmoptError
 
 
@@ -108,13 +107,12 @@ class SearchSpace(Config):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SearchSpace:
-        path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise LmoptError(f"{path}: search space file not found") from None
-        except yaml.YAMLError as exc:
-            raise LmoptError(f"{path}: invalid YAML: {exc}") from None
+            data = read_yaml_map(path)
+        except LmoptError as exc:  # YAML that is not a map: say what a space is (from_dict's message)
+            if "expected a map" not in str(exc):
+                raise
+            data = {}
         space = cls.from_dict(data, where=str(path))
         space.source = str(path)
         return space

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lmopt.compress.calibration_data import with_step_paths
 from lmopt.compress.prune.api import prune, save_pruned
 from lmopt.compress.prune.config import PruneMethodConfig, PruneStepConfig
 from lmopt.compress.prune.recovery import recover
@@ -34,10 +35,7 @@ def _recover(ctx: StepContext, loaded: Any, config: PruneMethodConfig) -> dict[s
 def prune_step(ctx: StepContext, config: PruneMethodConfig) -> StepResult:
     """Prune the current model (magnitude, Wanda, SparseGPT, or structured)."""
     apply_threads()
-    calibration = getattr(config, "calibration", None)
-    if calibration is not None and calibration.data_dir is None and ctx.data_dir is not None:
-        config = config.model_copy(update={"calibration": calibration.model_copy(
-            update={"data_dir": str(ctx.data_dir)})})
+    config = with_step_paths(config, ctx)  # a relative calibration file: from the recipe's folder
     # Pruning math runs in float32; "auto" would pick bf16 and store a lower-precision artifact.
     loaded = load_model(ctx.require_model(), dtype="float32" if ctx.dtype == "auto" else ctx.dtype)
     report = prune(loaded, config)

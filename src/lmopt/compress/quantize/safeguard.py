@@ -63,7 +63,8 @@ def calibration_windows(config: Any, windows: torch.Tensor | None, tokenizer: An
                         report: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(calibration windows, held-out windows or None) for a calibrated method's `config`. With its
     safeguard on, 1 in 8 extra windows are drawn and held out; given `windows` give up 1 in 8 of theirs
-    instead. Records the calibration parts and token counts in `report`."""
+    instead. Records in `report` the calibration parts, token counts and `calibration`: {source,
+    samples, seq_len, heldout_samples, parts: {part: windows drawn, held-out ones included}}."""
     guard = bool(getattr(config, "safeguard", False))
     if windows is None:
         calibration = config.calibration
@@ -72,14 +73,18 @@ def calibration_windows(config: Any, windows: torch.Tensor | None, tokenizer: An
         n_held = holdout_count(calibration.n_samples) if guard else 0
         drawn = calibration_set(tokenizer, calibration.source, calibration.n_samples + n_held,
                                 calibration.seq_len, calibration.seed, calibration.data_dir)
-        windows, report["calibration_parts"] = drawn.windows, drawn.parts
+        windows, report["calibration_parts"], source = drawn.windows, drawn.parts, calibration.source
     else:
         n_held = holdout_count(windows.shape[0]) if guard and windows.shape[0] >= 2 else 0
         if guard and not n_held:
             report["safeguard_note"] = "off: a single calibration window leaves none to hold out"
+        source = "given token windows"
     fit, held = split_windows(windows, n_held) if n_held else (windows, None)
     report["calibration_tokens"] = int(fit.numel())
     report["heldout_tokens"] = int(held.numel()) if held is not None else 0
+    report["calibration"] = {"source": source, "samples": int(fit.shape[0]), "seq_len": int(fit.shape[1]),
+                             "heldout_samples": int(held.shape[0]) if held is not None else 0,
+                             "parts": report.get("calibration_parts", {source: int(windows.shape[0])})}
     return fit, held
 
 
