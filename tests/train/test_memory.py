@@ -8,8 +8,8 @@ import torch
 
 from lmopt.models import tiny_llama
 from lmopt.train import TrainConfig, finetune
-from lmopt.train.finetune import head_input, lm_loss, output_head
-from lmopt.train.losses import masked_ce
+from lmopt.train.finetune import lm_loss
+from lmopt.train.losses import ce_sum, chunked_ce_sum, head_input, masked_ce, output_head
 from lmopt.train.setup import memory_plan
 
 
@@ -65,6 +65,24 @@ def test_head_input_is_what_the_head_sees():
     logits = model(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits
     assert torch.allclose(hidden @ head.weight.T, logits, atol=1e-5)
     assert torch.allclose(lm_loss(model, batch, chunked=True), masked_ce(logits, batch["labels"]), atol=1e-5)
+
+
+def test_chunked_validation_sum_equals_full_logits():
+    """Validation's chunked NLL sum (chunks smaller than the labelled rows, some rows masked) equals
+    torch's cross-entropy over the whole logits."""
+    model = tiny_llama().model
+    ids = torch.randint(0, 512, (3, 20))
+    labels = ids.clone()
+    labels[0, :7] = -100
+    labels[2, 15:] = -100
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    head = output_head(model)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=batch["attention_mask"]).logits
+        nll, count = chunked_ce_sum(head_input(model, head, batch), head.weight, labels, chunk=7)
+    ref_nll, ref_count = ce_sum(logits, labels)
+    assert count == ref_count == int((labels[:, 1:] != -100).sum())
+    assert nll == pytest.approx(ref_nll, rel=1e-5)
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])

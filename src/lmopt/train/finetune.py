@@ -15,11 +15,9 @@ import functools
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lmopt.train.callbacks import Callback
 from lmopt.train.config import TrainConfig
-from lmopt.train.losses import chunked_ce, masked_ce
+from lmopt.train.losses import chunked_ce, head_input, masked_ce, output_head
 from lmopt.train.setup import (
     PreparedData,
     TrainResult,
@@ -45,34 +43,6 @@ __all__ = [
     "prepare_model",
     "summary",
 ]
-
-
-def output_head(model: Any) -> Any:
-    """The output projection of a (possibly DDP- or peft-wrapped) causal LM, when it is a plain
-    bias-free Linear (what `chunked_ce` fuses), else None."""
-    inner = getattr(model, "module", model)  # DDP / accelerate wrappers
-    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
-    if isinstance(head, torch.nn.Linear) and head.bias is None:
-        return head
-    return None
-
-
-def head_input(model: Any, head: Any, batch: dict[str, Any]) -> Any:
-    """Run the whole model (its wrappers' hooks included) but give the head zero positions: a
-    pre-hook takes the head's input, the final hidden states (batch, seq, d), and passes on an empty
-    slice, so no logits are computed."""
-    captured: list[Any] = []
-
-    def take(_module: Any, args: tuple) -> tuple:
-        captured.append(args[0])
-        return (args[0][:, :0],)
-
-    handle = head.register_forward_pre_hook(take)
-    try:
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    finally:
-        handle.remove()
-    return captured[0]
 
 
 def lm_loss(model: Any, batch: dict[str, Any], label_smoothing: float = 0.0, chunked: bool = False) -> Any:

@@ -39,7 +39,7 @@ from lmopt.train.checkpoint import (
     save_best,
     save_checkpoint,
 )
-from lmopt.train.losses import ce_sum
+from lmopt.train.losses import ce_sum, chunked_ce_sum, head_input, output_head
 from lmopt.train.optim import make_optimizer, make_scheduler
 
 
@@ -82,6 +82,18 @@ def epoch_loader(
     return accelerator.prepare_data_loader(loader, device_placement=True)
 
 
+def batch_nll(model: Any, batch: dict[str, Any], config: Any, device: Any) -> tuple[float, int]:
+    """Summed next-token NLL and labelled positions of one batch; through the chunked head when the
+    model has a plain output Linear, so validation never holds the whole (batch, seq, vocab) logits."""
+    head = output_head(model)
+    with autocast(config, device):
+        if head is None:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            return ce_sum(logits, batch["labels"])
+        hidden = head_input(model, head, batch)
+        return chunked_ce_sum(hidden, head.weight, batch["labels"])
+
+
 def evaluate_loss(accelerator: Any, model: Any, loader: Any, config: Any, max_batches: int | None) -> dict:
     """Token-weighted mean next-token cross-entropy over `loader` (all processes together)."""
     model.eval()
@@ -90,9 +102,7 @@ def evaluate_loss(accelerator: Any, model: Any, loader: Any, config: Any, max_ba
         for i, batch in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
-            with autocast(config, accelerator.device):
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            nll, count = ce_sum(logits, batch["labels"])
+            nll, count = batch_nll(model, batch, config, accelerator.device)
             totals += torch.tensor([nll, count], dtype=torch.float64, device=accelerator.device)
     model.train()
     nll, count = accelerator.reduce(totals, reduction="sum").tolist()

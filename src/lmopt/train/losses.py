@@ -118,6 +118,51 @@ def ce_sum(logits: Any, labels: Any) -> tuple[float, int]:
     return float(total), int((target != IGNORE).sum())
 
 
+def output_head(model: Any) -> Any:
+    """The output projection of a (possibly DDP- or peft-wrapped) causal LM, when it is a plain
+    bias-free Linear (what `chunked_ce` fuses), else None."""
+    inner = getattr(model, "module", model)  # DDP / accelerate wrappers
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    if isinstance(head, torch.nn.Linear) and head.bias is None:
+        return head
+    return None
+
+
+def head_input(model: Any, head: Any, batch: dict[str, Any]) -> Any:
+    """Run the whole model (its wrappers' hooks included) but give the head zero positions: a
+    pre-hook takes the head's input, the final hidden states (batch, seq, d), and passes on an empty
+    slice, so no logits are computed."""
+    captured: list[Any] = []
+
+    def take(_module: Any, args: tuple) -> tuple:
+        captured.append(args[0])
+        return (args[0][:, :0],)
+
+    handle = head.register_forward_pre_hook(take)
+    try:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def chunked_ce_sum(hidden: Any, weight: Any, labels: Any, chunk: int = 1024) -> tuple[float, int]:
+    """`ce_sum(hidden @ weight.T, labels)` holding at most `chunk` rows of logits at a time (validation
+    of a 49k-vocabulary model at batch 4 x 512 would otherwise hold 400 MB of logits, twice).
+
+    hidden (batch, seq, d): the head's input; weight (vocab, d). No gradient is kept."""
+    h, target = hidden[:, :-1], labels[:, 1:]
+    flat_h, flat_t = h.reshape(-1, h.shape[-1]), target.reshape(-1)
+    keep = flat_t != IGNORE
+    flat_h, flat_t = flat_h[keep], flat_t[keep]  # only labelled rows need logits
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, flat_t.numel(), chunk):
+            logits = F.linear(flat_h[start:start + chunk], weight)  # (chunk, vocab)
+            total += float(F.cross_entropy(logits.float(), flat_t[start:start + chunk], reduction="sum"))
+    return total, int(flat_t.numel())
+
+
 def divergence(teacher_logp: Any, student_logp: Any, kind: str, beta: float = 0.5) -> Any:
     """Per-position divergence (..., ) between log-distributions over the last dim (see docstring)."""
     p_t, p_s = teacher_logp.exp(), student_logp.exp()
