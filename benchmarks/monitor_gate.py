@@ -118,14 +118,15 @@ def gate(work: Path, registry: str, runs: list[str], suite: str) -> dict[str, An
 class CliServer:
     """`lmopt serve` in a child process (the real CLI, telemetry on or off)."""
 
-    def __init__(self, traffic_url: str | None, max_batch: int, threads: int, log: Path) -> None:
+    def __init__(self, traffic_url: str | None, max_batch: int, threads: int, log: Path,
+                 extra: list[str] | None = None) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         flags = ["--traffic", "--traffic-url", traffic_url] if traffic_url else ["--no-traffic"]
         self.command = [*LMOPT, "serve", MODEL, "--port", str(self.port), "--max-batch", str(max_batch),
-                        "--threads", str(threads), "--name", "m", *flags]
+                        "--threads", str(threads), "--name", "m", *flags, *(extra or [])]
         self.log = log
 
     def __enter__(self) -> CliServer:
@@ -158,7 +159,8 @@ class CliServer:
         self.proc.wait(60)
 
 
-def telemetry(work: Path, rounds: int, requests: int, concurrency: int, threads: int) -> dict[str, Any]:
+def telemetry(work: Path, rounds: int, requests: int, concurrency: int, threads: int,
+              on_flags: list[str]) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from lmopt.models.load import resolve
@@ -170,9 +172,9 @@ def telemetry(work: Path, rounds: int, requests: int, concurrency: int, threads:
     jobs = make_workload(config, tokenizer)
     store = Path(tempfile.mkdtemp(prefix="traffic-", dir=work)) / "traffic.db"
     result: dict[str, Any] = {"machine": machine(), "concurrency": concurrency, "requests_per_run": requests,
-                              "threads": threads, "loadavg_start": loadavg(), "runs": []}
+                              "threads": threads, "on_flags": on_flags, "loadavg_start": loadavg(), "runs": []}
     with (CliServer(None, concurrency, threads, work / "serve-off.log") as off,
-          CliServer(f"sqlite:///{store}", concurrency, threads, work / "serve-on.log") as on):
+          CliServer(f"sqlite:///{store}", concurrency, threads, work / "serve-on.log", on_flags) as on):
         servers = {"off": off, "on": on}
         for srv in servers.values():  # warm-up: first-call allocations, the store's tables
             run_load(LoadConfig(url=srv.url, concurrency=concurrency, requests=concurrency), jobs=jobs[:concurrency])
@@ -194,6 +196,7 @@ def telemetry(work: Path, rounds: int, requests: int, concurrency: int, threads:
                    "off_mean": round(statistics.mean(rates["off"]), 2),
                    "on_mean": round(statistics.mean(rates["on"]), 2),
                    "pair_ratios": [round(r, 4) for r in ratios], "ratio_mean": round(statistics.mean(ratios), 4),
+                   "ratio_median": round(statistics.median(ratios), 4),
                    "ratio_min": round(min(ratios), 4), "ratio_max": round(max(ratios), 4),
                    "ratio_sd": round(statistics.stdev(ratios), 4) if len(ratios) > 1 else None})
     return result
@@ -210,6 +213,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64, help="telemetry: requests per run")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--on-flags", default="", help='telemetry: extra `lmopt serve` flags of the "on" server, '
+                        'e.g. "--no-scrub-pii" or "--sample-rate 0.1"')
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     registry = args.registry or f"sqlite:///{args.work / 'registry.db'}"
@@ -224,7 +229,7 @@ def main() -> None:
         out = gate(args.work, registry, runs, args.suite)
         name = f"gate-{'-'.join(runs)}-{int(time.time())}"
     else:
-        out = telemetry(args.work, args.rounds, args.requests, args.concurrency, args.threads)
+        out = telemetry(args.work, args.rounds, args.requests, args.concurrency, args.threads, args.on_flags.split())
         name = f"telemetry-{int(time.time())}"
     (args.work / f"{name}.json").write_text(json.dumps(out, indent=2, default=str))
     print(json.dumps(out, default=str))
