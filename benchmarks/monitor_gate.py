@@ -8,7 +8,8 @@ Parts (run each under the CPU lock: quality checks shared, timed ones exclusive)
              in `--runs` (w3, w8, prune50, self; `self` = the embedded model against itself): exit code,
              wall seconds, load average before/after, every metric's estimate, interval and verdict.
 - telemetry: output tokens/s of `lmopt serve` at concurrency 16 with telemetry off and on (`--traffic`,
-             every request recorded, PII scrubbing on: the defaults), same prompts. Both servers run
+             every request recorded, PII scrubbing on: the defaults), same prompts; `--on-flags` adds
+             flags to the "on" server, `--control` runs it without telemetry (an A/A check). Both servers run
              side by side (the idle one waits on its queue, its CPU time is reported) and the load
              alternates off, on, on, off, ... so a slow stretch of the machine hits both arms.
 
@@ -160,7 +161,7 @@ class CliServer:
 
 
 def telemetry(work: Path, rounds: int, requests: int, concurrency: int, threads: int,
-              on_flags: list[str]) -> dict[str, Any]:
+              on_flags: list[str], control: bool = False) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from lmopt.models.load import resolve
@@ -172,9 +173,11 @@ def telemetry(work: Path, rounds: int, requests: int, concurrency: int, threads:
     jobs = make_workload(config, tokenizer)
     store = Path(tempfile.mkdtemp(prefix="traffic-", dir=work)) / "traffic.db"
     result: dict[str, Any] = {"machine": machine(), "concurrency": concurrency, "requests_per_run": requests,
-                              "threads": threads, "on_flags": on_flags, "loadavg_start": loadavg(), "runs": []}
+                              "threads": threads, "on_flags": on_flags, "control": control,
+                              "loadavg_start": loadavg(), "runs": []}
     with (CliServer(None, concurrency, threads, work / "serve-off.log") as off,
-          CliServer(f"sqlite:///{store}", concurrency, threads, work / "serve-on.log", on_flags) as on):
+          CliServer(None if control else f"sqlite:///{store}", concurrency, threads, work / "serve-on.log",
+                    on_flags) as on):
         servers = {"off": off, "on": on}
         for srv in servers.values():  # warm-up: first-call allocations, the store's tables
             run_load(LoadConfig(url=srv.url, concurrency=concurrency, requests=concurrency), jobs=jobs[:concurrency])
@@ -213,6 +216,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64, help="telemetry: requests per run")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--control", action="store_true",
+                        help='telemetry: A/A control, the "on" server also without telemetry (a second server '
+                        'started second: any difference is the position, not telemetry)')
     parser.add_argument("--on-flags", default="", help='telemetry: extra `lmopt serve` flags of the "on" server, '
                         'e.g. "--no-scrub-pii" or "--sample-rate 0.1"')
     args = parser.parse_args()
@@ -229,7 +235,8 @@ def main() -> None:
         out = gate(args.work, registry, runs, args.suite)
         name = f"gate-{'-'.join(runs)}-{int(time.time())}"
     else:
-        out = telemetry(args.work, args.rounds, args.requests, args.concurrency, args.threads, args.on_flags.split())
+        out = telemetry(args.work, args.rounds, args.requests, args.concurrency, args.threads, args.on_flags.split(),
+                        args.control)
         name = f"telemetry-{int(time.time())}"
     (args.work / f"{name}.json").write_text(json.dumps(out, indent=2, default=str))
     print(json.dumps(out, default=str))
