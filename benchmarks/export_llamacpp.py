@@ -144,7 +144,7 @@ def main() -> None:
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--pubmed-windows", type=int, default=None, help="default: every held-out window")
-    parser.add_argument("--wiki-windows", type=int, default=40)
+    parser.add_argument("--wiki-windows", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reuse", action="store_true", help="keep GGUF files already in --work")
     args = parser.parse_args()
