@@ -13,9 +13,12 @@ decode at batch 1 (`lmopt bench`'s convention), and batch-1 decode through the l
 llama.cpp (llama-cpp-python, when installed): the embedded Q4_1 GGUF itself, same threads, batch-1
 decode (first to last streamed token, greedy) and 512-token prefill. Rounds are interleaved (each round
 measures every variant once) so background load falls on all of them alike; best of the rounds.
+ONNX Runtime (`--onnx DIR`, a directory written by `lmopt export smollm2-135m-instruct --format onnx`):
+the float32 graph with its KV cache, same threads, batch-1 greedy decode (token to token, numpy KV fed
+back as `OrtModel.generate` does) and 512-token prefill (issue 16's side-by-side figure).
 The CPU label, ISA flags, thread count and load average come from this machine at run time.
 
-    .venv/bin/python benchmarks/speed_sidebyside.py [--rounds 3] [--variants bf16,int8,w4-g32]
+    .venv/bin/python benchmarks/speed_sidebyside.py [--rounds 3] [--variants bf16,int8,w4-g32] [--onnx DIR]
 Prints a table (ratios against bf16 and llama.cpp of this run), then one JSON line.
 """
 
@@ -133,12 +136,48 @@ class LlamaCpp:
         return len(ids) / statistics.median(times)
 
 
+class OnnxRuntime:
+    """An `lmopt export --format onnx` directory on ONNX Runtime's CPU provider: decode and prefill."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import onnxruntime as ort
+
+        from lmopt.export.onnx_export import GRAPH, OrtModel
+
+        self.model = OrtModel(path)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = threads
+        self.model.session = ort.InferenceSession(str(path / GRAPH), options, providers=["CPUExecutionProvider"])
+
+    def decode(self, ids: list[int], new_tokens: int) -> float:
+        import numpy as np
+
+        logits, past = self.model.step(np.array([ids]), self.model.empty_past())
+        stamps = [time.perf_counter()]  # the first token exists once the prompt is read
+        for _ in range(new_tokens - 1):
+            logits, past = self.model.step(np.array([[int(logits[0, -1].argmax())]]), past)
+            stamps.append(time.perf_counter())
+        return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+    def prefill(self, ids: list[int]) -> float:
+        import numpy as np
+
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            self.model.step(np.array([ids]), self.model.empty_past())
+            times.append(time.perf_counter() - start)
+        return len(ids) / statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--no-llama-cpp", action="store_true")
+    parser.add_argument("--onnx", type=Path, default=None, help="an `lmopt export --format onnx` directory")
     args = parser.parse_args()
     from lmopt.hardware import apply_threads, detect_hardware
     from lmopt.serve.config import EngineConfig
@@ -154,7 +193,9 @@ def main() -> None:
     long = (tok(PROMPT + " " + "lorem ipsum " * 400, add_special_tokens=False)["input_ids"])[:512]
     engines = {v: Engine(m, EngineConfig(max_batch=1, max_model_len=256, kv_cache_mb=64, threads=threads))
                for v, m in models.items()}
-    peers = {} if args.no_llama_cpp else {"llama.cpp q4_1": LlamaCpp(threads)}
+    peers: dict[str, Any] = {} if args.no_llama_cpp else {"llama.cpp q4_1": LlamaCpp(threads)}
+    if args.onnx:
+        peers["onnxruntime f32"] = OnnxRuntime(args.onnx, threads)
     best: dict[str, dict[str, float]] = {name: {} for name in [*variants, *peers]}
 
     def keep(name: str, key: str, value: float) -> None:

@@ -117,3 +117,18 @@ def test_smoothquant_moves_outliers_into_weights():
     torch.testing.assert_close((x / s) @ (w * s).t(), x @ w.t(), rtol=1e-4, atol=1e-4)
     spread = lambda t: float(t.abs().amax(0).max() / t.abs().amax(0).median())  # noqa: E731
     assert spread(x / s) < spread(x) / 2
+
+
+@pytest.mark.parametrize("bits,group", [(4, 32), (8, 96), (3, 64)])
+def test_blockwise_dequantize_matches_the_whole_matrix_formula(bits, group, monkeypatch):
+    """QuantLinear de-quantizes in row blocks (to bound memory); the result must equal the
+    whole-matrix (q - zero) * scale, in fp32 and rounded once to bf16, for any block size."""
+    from lmopt.compress.quantize import runtime
+    torch.manual_seed(0)
+    w = torch.randn(37, 160)  # 160 = 5 x 32; with group 96 the last group is short (64)
+    qw = alg.rtn_quantize(w, bits, group)
+    layer = runtime.QuantLinear.from_codes(qw.q, qw.scale, qw.zero, bits, qw.group_size)
+    reference = alg.dequantize(qw.q, qw.scale.half().float(), qw.zero, qw.group_size)
+    monkeypatch.setattr(runtime, "DEQUANT_BLOCK", 160 * 5)  # 5 rows a block, the last one 2 rows
+    assert torch.equal(layer.dequantize(torch.float32), reference)
+    assert torch.equal(layer.dequantize(torch.bfloat16), reference.to(torch.bfloat16))

@@ -73,7 +73,7 @@ def test_float_model_requantized_within_tolerance(tiny, tmp_path, kind, max_chan
     assert result.parity["top1_agreement"] >= 0.95
     if kind.startswith("q4"):  # the tied embedding/output kept at q8_0, as llama.cpp keeps it finer
         assert result.details["metadata"]["tensor_types"] == {"F32": 5, "Q8_0": 1, kind.upper(): 14}
-        assert "re-quantized" in result.details["calibration"]
+        assert result.details["calibration"].startswith("none: float weights rounded to nearest")
 
 
 @pytest.mark.parametrize(("sym", "group", "hidden", "kind"), [
@@ -92,6 +92,7 @@ def test_code_for_code_equals_lmopt_dequantized(tmp_path, sym, group, hidden, ki
         else:
             assert torch.equal(theirs, ours), name
     assert result.details["tensor_types"][f"{kind}:exact"] == 14
+    assert result.details["calibration"].startswith("kept: 14 quantized tensor(s) written code for code")
     assert result.parity["passed"] and result.parity["top1_agreement"] == 1.0
 
 
@@ -131,6 +132,7 @@ def test_asymmetric_grid_to_q4_0_is_refused_without_a_file(tmp_path):
     result = export(rtn_model(False, 32), ExportConfig(type="q4_0", requantize=True,
                                                        output=str(tmp_path / "m.gguf")))
     assert result.details["tensor_types"]["q4_0:requantized"] == 14
+    assert result.details["calibration"].startswith("lost: 14 quantized tensor(s) re-quantized")
 
 
 def test_group_that_splits_blocks_is_refused(tmp_path):

@@ -132,12 +132,22 @@ def _kind(main: str, report: dict[str, Any]) -> str:
 
 
 def _calibration(report: dict[str, Any]) -> str:
-    hows = {key.split(":")[1] for key in report["tensor_types"]}
-    if "exact" in hows and not hows & {"rtn", "requantized"}:
-        return "kept: every quantized tensor written code for code from lmopt's grid"
-    if hows & {"rtn", "requantized"}:
-        return ("re-quantized by round-to-nearest (gguf's reference quantizer, as llama.cpp's own): "
-                "no calibration carried over")
+    """What became of lmopt's quantization grid: kept code for code, re-quantized, or none was there.
+    Float tensors (embeddings, an unquantized head) rounded to a GGUF type are named apart: rounding
+    them says nothing about the calibrated linears."""
+    counts: dict[str, int] = {}
+    for key, n in report["tensor_types"].items():
+        how = key.split(":")[1]
+        counts[how] = counts.get(how, 0) + n
+    rounded = (f"; {counts['rtn']} float tensor(s) (embeddings or head) rounded to nearest"
+               if counts.get("rtn") else "")
+    if counts.get("requantized"):
+        return (f"lost: {counts['requantized']} quantized tensor(s) re-quantized by round-to-nearest (gguf's "
+                f"reference quantizer, as llama.cpp's own), no calibration carried over{rounded}")
+    if counts.get("exact"):
+        return f"kept: {counts['exact']} quantized tensor(s) written code for code from lmopt's grid{rounded}"
+    if counts.get("rtn"):
+        return "none: float weights rounded to nearest (as llama.cpp's own quantizer)"
     return "none (float weights)"
 
 

@@ -12,6 +12,9 @@ import torch
 from lmopt.compress.quantize.algorithms import expand_groups
 from lmopt.errors import LmoptError
 
+CORRECTION_BLOCK = 1 << 18
+"""Outputs corrected per block for asymmetric int8 codes (1 MB of fp32 temporaries)."""
+
 
 def _has(op: str) -> bool:
     return hasattr(torch.ops.aten, op)
@@ -84,9 +87,19 @@ def run_kernel(backend: str, kernel: dict[str, Any], x: torch.Tensor) -> torch.T
         y = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16).contiguous(), kernel["weight"],
                                                kernel["scale"])
         if "offset" in kernel:  # asymmetric codes: (q - z) s = (q - 128) s - (z - 128) s
-            y = y - x.float().sum(-1, keepdim=True) * kernel["offset"]
+            _subtract_rank_one(y, x.float().sum(-1, keepdim=True), kernel["offset"])
         return y
     return torch.ops.quantized.linear_dynamic(x.float().contiguous(), kernel["packed"], False)
+
+
+def _subtract_rank_one(y: torch.Tensor, column: torch.Tensor, row: torch.Tensor) -> None:
+    """y -= column (M, 1) * row (N,), in place, computed in fp32 a block of rows at a time: a whole
+    (M, N) fp32 correction is 4x the bf16 output (50 MB for a 256-token prompt through a 49152-word
+    lm_head), for the same result rounded once to y's dtype."""
+    step = max(1, CORRECTION_BLOCK // y.shape[-1])
+    for start in range(0, y.shape[0], step):
+        rows = slice(start, start + step)
+        y[rows] = y[rows].float() - column[rows] * row
 
 
 def fake_quant_activation(x: torch.Tensor) -> torch.Tensor:

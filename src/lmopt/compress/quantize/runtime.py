@@ -43,6 +43,8 @@ from lmopt.compress.quantize.packing import pack_bits, packed_width, unpack_bits
 
 BACKENDS = ("auto", "int4", "int8", "w8a8", "dequant")
 INT4_KERNEL_GROUPS = (32, 64, 128, 256)
+DEQUANT_BLOCK = 1 << 20
+"""Weights de-quantized per block (4 MB of fp32 temporaries each)."""
 
 
 class QuantLinear(torch.nn.Module):
@@ -83,8 +85,18 @@ class QuantLinear(torch.nn.Module):
         return unpack_bits(self.qweight.cpu(), self.bits, self.in_features).to(self.qweight.device)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The weight (N, K) this layer computes with."""
-        return dequantize(self.codes(), self.scales.float(), self.zeros.float(), self.group_size).to(dtype)
+        """The weight (N, K) this layer computes with, built in row blocks of about DEQUANT_BLOCK
+        weights straight into `dtype`: a whole-matrix fp32 pass would hold four (N, K) fp32
+        temporaries (codes, zeros, scales, product), 450 MB for a 49152 x 576 lm_head, and
+        unpacking 4-bit codes goes through int64."""
+        device = self.qweight.device
+        out = torch.empty(self.out_features, self.in_features, dtype=dtype, device=device)
+        step = max(1, DEQUANT_BLOCK // self.in_features)
+        for start in range(0, self.out_features, step):
+            rows = slice(start, start + step)
+            codes = unpack_bits(self.qweight[rows].cpu(), self.bits, self.in_features).to(device)
+            out[rows] = dequantize(codes, self.scales[rows].float(), self.zeros[rows].float(), self.group_size)
+        return out
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, bits={self.bits}, group={self.group_size}, "
