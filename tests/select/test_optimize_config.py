@@ -71,3 +71,12 @@ def test_directions_and_measured_tasks_follow_the_metrics():
     # normalized constraint strings round-trip through YAML
     assert OptimizeConfig.parse(config.to_dict()).constraints == ["pydoc:perplexity<=30", "quality_ratio>=0.95",
                                                                   "decode_tok_s>=40"]
+
+
+def test_partial_cheap_fidelity_keeps_the_other_cheap_defaults():
+    base = OptimizeConfig.parse({"models": ["m"], "objective": "wikitext2:perplexity"}, where="test")
+    partial = OptimizeConfig.parse({"models": ["m"], "objective": "wikitext2:perplexity", "cheap": {"limit": 2}},
+                                   where="test")
+    assert partial.cheap.limit == 2
+    assert partial.cheap.model_dump(exclude={"limit"}) == base.cheap.model_dump(exclude={"limit"})
+    assert partial.cheap.seq_len != partial.full.seq_len  # not reset to the full fidelity's 2048

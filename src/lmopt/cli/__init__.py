@@ -15,9 +15,11 @@ from lmopt.cli import choose, monitoring, optimize, registry, serve, steps, tune
 from lmopt.errors import LmoptError
 from lmopt.monitor import enable_alias_references
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# rich_markup_mode=None: help texts are plain (a "[boolq]" example is text, not a Rich style tag)
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Make a pretrained language model better and cheaper, every step measured.")
-data_app = typer.Typer(no_args_is_help=True, help="Clean, deduplicate, decontaminate and augment datasets.")
+data_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                       help="Clean, deduplicate, decontaminate and augment datasets.")
 app.add_typer(data_app, name="data")
 
 

@@ -184,7 +184,8 @@ def _dashboard_command() -> Any:
 
 def register(app: typer.Typer) -> None:
     """Add `monitor drift`, `improve` and `dashboard` to the lmopt app."""
-    monitor_app = typer.Typer(no_args_is_help=True, help="Watch served traffic: drift against a reference.")
+    monitor_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                              help="Watch served traffic: drift against a reference.")
     monitor_app.command("drift")(_drift_command())
     app.add_typer(monitor_app, name="monitor")
     app.command("improve")(_improve_command())

@@ -203,7 +203,7 @@ def check_cmd(
 
 def register(app: typer.Typer) -> None:
     """Add `models ...` and `check` to the lmopt app."""
-    models_app = typer.Typer(no_args_is_help=True,
+    models_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                              help="Registered models, their lineage, and aliases such as @production.")
     models_app.command("list")(list_cmd)
     models_app.command("show")(show_cmd)

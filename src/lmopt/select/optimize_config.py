@@ -210,7 +210,8 @@ class OptimizeConfig(Config):
     models: list[str] = Field(default_factory=list)
     """Candidate base models (any `load_model` reference); the `optimize` step defaults to the recipe's."""
     objective: str = "wikitext2:perplexity"
-    """The quality metric optimized (see the module docstring); decode speed is the second objective."""
+    """The quality metric optimized, TASK:METRIC (e.g. wikitext2:perplexity, boolq:acc; docs/optimize.md
+    lists them); decode speed is the second objective."""
     constraints: list[str] = Field(default_factory=list)
     """`METRIC>=NUMBER` / `METRIC<=NUMBER`, e.g. `decode_speedup>=2, ppl_ratio<=1.2, peak_mb<=800`."""
     budget_min: float = Field(default=60.0, gt=0)
@@ -259,6 +260,15 @@ class OptimizeConfig(Config):
     keep_artifacts: bool = False
     """Keep every candidate's final model; default: only the front's and the best's (prefixes shared
     with other pipelines are kept either way)."""
+
+    @field_validator("cheap", mode="before")
+    @classmethod
+    def _cheap_over_its_defaults(cls, value: object) -> object:
+        """A partial `cheap` map (`--set cheap.limit=2`) changes those fields of the cheap fidelity; the
+        others keep the cheap defaults, not the full fidelity's."""
+        if isinstance(value, dict):
+            return {**_cheap().model_dump(), **value}
+        return value
 
     @field_validator("objective")
     @classmethod
