@@ -89,8 +89,10 @@ def test_cli_clean_stats_augment(corpus, tmp_path, docs):
     assert "exact_duplicate" in res.output and "1 bad rows" in res.output
     assert len(out.read_text().splitlines()) == 12 and "decontaminate" in res.output
     res = runner.invoke(app, ["data", "clean", str(corpus), "-o", str(out), "--pii", "--min-words", "20",
-                              "--workers", "1", "--dedup", "exact"])
+                              "--workers", "1", "--dedup", "exact", "--keep-removed"])
     assert len(out.read_text().splitlines()) == 13
+    removed = [json.loads(line) for line in (tmp_path / "clean.removed.jsonl").read_text().splitlines()]
+    assert {row["reason"] for row in removed} >= {"exact_duplicate"}  # each removed row with its reason
     assert (tmp_path / "clean.jsonl.report" / "report.json").exists()
     res = runner.invoke(app, ["data", "stats", str(corpus)])
     assert res.exit_code == 0 and '"exact_duplicate_rows": 2' in res.output and '"email": 1' in res.output

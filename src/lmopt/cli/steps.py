@@ -136,7 +136,8 @@ def run_verb(verb: Verb, inputs: dict[str, Any], config: dict[str, Any], common:
         fields["evaluate"] = {"tasks": common["eval"], "limit": common.get("eval_limit"), "baseline": True}
     model = inputs.get("model") or inputs.get("teacher")
     if verb.input == "dataset":
-        fields["data"] = str(Path(inputs["input"]).resolve())
+        source = str(inputs["input"])  # a hub dataset (hf:NAME) is a name, not a path to resolve
+        fields["data"] = source if source.startswith("hf:") else str(Path(source).resolve())
     recipe = one_step_recipe(verb.step, config, model, **fields)
     registry = Registry(common.get("registry"))
     enable_alias_references(registry.url)  # `@production` resolves in the registry this command records to
@@ -157,10 +158,14 @@ def _str(value: Any) -> str | None:
 
 
 def _copy_dataset(summary: dict[str, Any], output: Path) -> str:
-    """The final dataset (and the step's report dir, if any) copied next to --output."""
+    """The final dataset (and the step's report dir and removed rows, if any) copied next to --output:
+    `clean.jsonl`, `clean.jsonl.report/`, `clean.removed.jsonl`."""
     data = next(Path(s["data"]) for s in reversed(summary["steps"]) if s["data"])
     output.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(data, output)
+    removed = data.parent / "removed.jsonl"
+    if removed.is_file():
+        shutil.copyfile(removed, output.with_name(output.stem + ".removed.jsonl"))
     report = data.parent / "report"
     if report.is_dir():
         dest = output.with_name(output.name + ".report")

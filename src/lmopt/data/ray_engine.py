@@ -15,7 +15,9 @@ Stages (Ray Data operators, streaming with backpressure; "groupby" is a shuffle 
 5. write: the driver merges the processed rows (source order) with the verdicts (sorted by order),
    fills the report and writes the kept rows, as the local engine does.
 Memory: per worker, a block (`BLOCK_BYTES`) and a chunk; in the driver, one batch plus the candidate graph
-and the verdicts (about 16 + 17 bytes per candidate document; none for a document without near copies).
+(16 bytes per distinct edge, up to 1 + bands edges per document that shares a bucket; briefly more while
+edges are deduplicated) and the verdicts (about 17 bytes per duplicate). Processed rows wait in Ray's
+object store (spilled to disk past its memory), and each component is deduplicated whole by one task.
 """
 
 from __future__ import annotations
@@ -86,7 +88,8 @@ def _cluster(cfg: CleanConfig) -> Iterator[int]:
                 ray.init(address=cfg.address, **options)
             except Exception as exc:  # ConnectionError ('auto' found none), ValueError (ray:// without the client)
                 raise LmoptError(f"address '{cfg.address}': could not join the Ray cluster "
-                                 f"({str(exc).splitlines()[0]}; a cluster with token authentication, "
+                                 f"({(str(exc).splitlines() or [type(exc).__name__])[0]}; a cluster with "
+                                 "token authentication, "
                                  "Ray's default, needs RAY_AUTH_MODE=token here)") from None
     try:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
