@@ -22,7 +22,7 @@ from typing import Any
 from lmopt.data.tasks import MCItem
 from lmopt.data.text import pydoc_text
 from lmopt.evaluate.loglik import loglikelihoods
-from lmopt.evaluate.perplexity import tokenize_windows
+from lmopt.evaluate.perplexity import token_nll, tokenize_windows
 
 
 def item_scores(model: Any, tokenizer: Any, items: Sequence[MCItem], *, greedy: bool = False,
@@ -50,18 +50,11 @@ def item_scores(model: Any, tokenizer: Any, items: Sequence[MCItem], *, greedy: 
 def window_nlls(model: Any, tokenizer: Any, text: str, *, seq_len: int = 2048, limit: int | None = None,
                 batch_size: int = 1, progress: Callable[[int, int], None] | None = None) -> list[float]:
     """Mean next-token NLL (nats) of each window of `text`; perplexity = exp(mean of these)."""
-    import torch  # lazy: start-up cost (torch takes about a second to import)
-
     windows = tokenize_windows(tokenizer, text, seq_len, limit)  # (n_windows, seq_len)
     out: list[float] = []
     for start in range(0, len(windows), batch_size):
-        batch = windows[start:start + batch_size]
-        with torch.inference_mode():
-            logits = model(input_ids=batch.to(model.device)).logits  # (batch, seq, vocab)
-            logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-            targets = batch[:, 1:].to(logprobs.device)
-            nll = -logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (batch, seq-1)
-        out.extend(float(x) for x in nll.double().mean(dim=1))
+        nll = token_nll(model, windows[start:start + batch_size])  # (batch, seq-1)
+        out.extend(float(x) for x in nll.mean(dim=1))
         if progress:
             progress(min(start + batch_size, len(windows)), len(windows))
     return out

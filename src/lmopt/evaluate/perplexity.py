@@ -33,17 +33,42 @@ def tokenize_windows(tokenizer: Any, text: str, seq_len: int, limit: int | None 
     return ids[: n * seq_len].view(n, seq_len)
 
 
+LOGIT_ROWS = 1024
+"""Positions whose logits exist at a time (200 MB of float32 for a 49k-word vocabulary)."""
+
+
+def token_nll(model: Any, windows: Any) -> Any:
+    """Next-token NLL (nats) at each position of a (batch, seq) batch of windows: (batch, seq-1) float64.
+
+    The head runs on LOGIT_ROWS positions at a time (see lmopt.models.head): the whole batch's
+    logits, and their float32 log-softmax, would be 2 x 3.2 GB at 8 x 2048 tokens and 49k words."""
+    import torch  # lazy: `lmopt.evaluate` is imported at CLI start-up; torch takes ~1 s
+    import torch.nn.functional as F
+
+    from lmopt.models.head import head_input, head_logits, output_head
+
+    ids = windows.to(model.device)
+    targets = ids[:, 1:].reshape(-1)  # (batch * (seq-1),)
+    head = output_head(model)
+    with torch.inference_mode():
+        if head is None:  # no separable head: the model's own logits (batch, seq, vocab)
+            hidden, head_fn = model(input_ids=ids).logits, lambda rows: rows
+        else:
+            hidden, head_fn = head_input(model, head, input_ids=ids), lambda rows: head_logits(model, head, rows)
+        hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # (batch * (seq-1), d or vocab)
+        parts = []
+        for start in range(0, targets.numel(), LOGIT_ROWS):
+            # float32 log-softmax: bf16 logits lose precision in the normalizer.
+            logits = head_fn(hidden[start:start + LOGIT_ROWS]).float()
+            parts.append(F.cross_entropy(logits, targets[start:start + LOGIT_ROWS].to(logits.device),
+                                         reduction="none").double().cpu())
+    return torch.cat(parts).view(ids.shape[0], ids.shape[1] - 1)
+
+
 def window_nll(model: Any, windows: Any) -> tuple[float, int]:
     """Summed next-token NLL and number of predicted tokens for a (batch, seq) batch of windows."""
-    import torch  # lazy: `lmopt.evaluate` is imported at CLI start-up; torch takes ~1 s
-
-    with torch.inference_mode():
-        logits = model(input_ids=windows.to(model.device)).logits  # (batch, seq, vocab)
-        # float32 log-softmax: bf16 logits lose precision in the normalizer.
-        logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        targets = windows[:, 1:].to(logprobs.device)
-        nll = -logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (batch, seq-1)
-    return float(nll.double().sum()), targets.numel()
+    nll = token_nll(model, windows)
+    return float(nll.sum()), nll.numel()
 
 
 def perplexity(

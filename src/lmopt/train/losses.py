@@ -24,6 +24,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lmopt.models.head import head_input as capture_head_input
+from lmopt.models.head import output_head as model_output_head
+
 IGNORE = -100
 
 
@@ -120,30 +123,17 @@ def ce_sum(logits: Any, labels: Any) -> tuple[float, int]:
 
 def output_head(model: Any) -> Any:
     """The output projection of a (possibly DDP- or peft-wrapped) causal LM, when it is a plain
-    bias-free Linear (what `chunked_ce` fuses), else None."""
-    inner = getattr(model, "module", model)  # DDP / accelerate wrappers
-    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
-    if isinstance(head, torch.nn.Linear) and head.bias is None:
+    bias-free Linear (what `chunked_ce` fuses) and the logits are not soft-capped, else None."""
+    head = model_output_head(model)
+    capped = getattr(getattr(getattr(model, "module", model), "config", None), "final_logit_softcapping", None)
+    if isinstance(head, torch.nn.Linear) and head.bias is None and not capped:
         return head
     return None
 
 
 def head_input(model: Any, head: Any, batch: dict[str, Any]) -> Any:
-    """Run the whole model (its wrappers' hooks included) but give the head zero positions: a
-    pre-hook takes the head's input, the final hidden states (batch, seq, d), and passes on an empty
-    slice, so no logits are computed."""
-    captured: list[Any] = []
-
-    def take(_module: Any, args: tuple) -> tuple:
-        captured.append(args[0])
-        return (args[0][:, :0],)
-
-    handle = head.register_forward_pre_hook(take)
-    try:
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    finally:
-        handle.remove()
-    return captured[0]
+    """The head's input, the final hidden states (batch, seq, d), computing no logits."""
+    return capture_head_input(model, head, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
 
 
 def chunked_ce_sum(hidden: Any, weight: Any, labels: Any, chunk: int = 1024) -> tuple[float, int]:

@@ -1,0 +1,45 @@
+"""The output head of a causal LM, and its input: so that losses over a 49k-word vocabulary can be
+computed a block of positions at a time instead of from the whole (batch, seq, vocab) logits.
+
+Used by training (the chunked cross-entropy) and by evaluation (perplexity): a batch of 8 windows of
+2,048 tokens through SmolLM2's 49,152-word head is 3.2 GB of float32 logits, and the float32
+log-softmax of them as much again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def output_head(model: Any) -> Any:
+    """The output projection module of a (possibly DDP- or peft-wrapped) causal LM, or None."""
+    inner = getattr(model, "module", model)  # DDP / accelerate wrappers
+    return inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+
+
+def head_input(model: Any, head: Any, **inputs: Any) -> torch.Tensor:
+    """Run the whole model (its wrappers' hooks included) but give the head zero positions: a
+    pre-hook takes the head's input, the final hidden states (batch, seq, d), and passes on an empty
+    slice, so no logits are computed."""
+    captured: list[torch.Tensor] = []
+
+    def take(_module: Any, args: tuple) -> tuple:
+        captured.append(args[0])
+        return (args[0][:, :0],)
+
+    handle = head.register_forward_pre_hook(take)
+    try:
+        model(**inputs)
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def head_logits(model: Any, head: Any, hidden: torch.Tensor) -> torch.Tensor:
+    """What the model's forward makes of the head's output: the head, then the final logit
+    soft-capping of models that have one (Gemma 2: cap * tanh(logits / cap))."""
+    logits = head(hidden)
+    cap = getattr(getattr(getattr(model, "module", model), "config", None), "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
