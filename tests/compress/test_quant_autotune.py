@@ -87,6 +87,24 @@ def test_timing_cache_round_trip_is_keyed_by_cpu_and_torch(isolated_cache, monke
     at.cache_file().write_text("{not json")
     monkeypatch.setattr(at, "_LOADED", {})
     assert at.load_timings() == {}
+    # timings taken by an older procedure are measured again
+    at.cache_file().write_text(json.dumps({**stored, "cpu": "Some Other CPU @ 3GHz", "method": 1}))
+    monkeypatch.setattr(at, "_LOADED", {})
+    assert at.load_timings() == {}
+
+
+def test_first_call_costs_do_not_count_against_a_path(monkeypatch):
+    """A path whose first call pays a one-time cost (primitive creation: 1,000x a call) is timed on
+    its later calls, so it is not given up on."""
+    calls = []
+    clock = [0.0]
+
+    def fn() -> None:
+        clock[0] += 1.0 if not calls else 1e-4  # the first call is slow, every later one fast
+        calls.append(1)
+
+    monkeypatch.setattr(at.time, "perf_counter", lambda: clock[0])
+    assert at._time_call(fn, give_up=5e-3) == pytest.approx(1e-4)
 
 
 def test_auto_measures_once_then_reads_the_cache_and_every_row_count_matches_dequant(isolated_cache,
