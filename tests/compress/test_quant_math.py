@@ -132,3 +132,18 @@ def test_blockwise_dequantize_matches_the_whole_matrix_formula(bits, group, monk
     monkeypatch.setattr(runtime, "DEQUANT_BLOCK", 160 * 5)  # 5 rows a block, the last one 2 rows
     assert torch.equal(layer.dequantize(torch.float32), reference)
     assert torch.equal(layer.dequantize(torch.bfloat16), reference.to(torch.bfloat16))
+
+
+def test_per_call_dequantized_linear_in_output_blocks_equals_one_matmul(monkeypatch):
+    """Without a dense copy, a large layer is de-quantized and multiplied a block of output rows at a
+    time (memory); each output is the same dot product as with the whole weight."""
+    from lmopt.compress.quantize import runtime
+    torch.manual_seed(0)
+    qw = alg.rtn_quantize(torch.randn(50, 64), 4, 32)
+    layer = runtime.QuantLinear.from_codes(qw.q, qw.scale, qw.zero, 4, 32)  # backend dequant: per call
+    x = torch.randn(3, 5, 64)
+    whole = torch.nn.functional.linear(x, layer.dequantize())
+    monkeypatch.setattr(runtime, "DENSE_BLOCK", 64 * 8)  # 8 output rows a block, the last one 2
+    blocked = layer(x)
+    assert blocked.shape == (3, 5, 50)
+    torch.testing.assert_close(blocked, whole, rtol=1e-4, atol=1e-5)  # GEMM summation order differs

@@ -45,6 +45,8 @@ BACKENDS = ("auto", "int4", "int8", "w8a8", "dequant")
 INT4_KERNEL_GROUPS = (32, 64, 128, 256)
 DEQUANT_BLOCK = 1 << 20
 """Weights de-quantized per block (4 MB of fp32 temporaries each)."""
+DENSE_BLOCK = 1 << 22
+"""Weights per output block when a layer is de-quantized on each call (8 MB in bf16)."""
 
 
 class QuantLinear(torch.nn.Module):
@@ -89,14 +91,30 @@ class QuantLinear(torch.nn.Module):
         weights straight into `dtype`: a whole-matrix fp32 pass would hold four (N, K) fp32
         temporaries (codes, zeros, scales, product), 450 MB for a 49152 x 576 lm_head, and
         unpacking 4-bit codes goes through int64."""
-        device = self.qweight.device
-        out = torch.empty(self.out_features, self.in_features, dtype=dtype, device=device)
+        out = torch.empty(self.out_features, self.in_features, dtype=dtype, device=self.qweight.device)
         step = max(1, DEQUANT_BLOCK // self.in_features)
         for start in range(0, self.out_features, step):
-            rows = slice(start, start + step)
-            codes = unpack_bits(self.qweight[rows].cpu(), self.bits, self.in_features).to(device)
-            out[rows] = dequantize(codes, self.scales[rows].float(), self.zeros[rows].float(), self.group_size)
+            out[start:start + step] = self._weight_rows(start, start + step, dtype)
         return out
+
+    def _weight_rows(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
+        """Rows start:stop of the de-quantized weight, (stop - start, K) in `dtype`."""
+        rows = slice(start, stop)
+        codes = unpack_bits(self.qweight[rows].cpu(), self.bits, self.in_features).to(self.qweight.device)
+        return dequantize(codes, self.scales[rows].float(), self.zeros[rows].float(), self.group_size).to(dtype)
+
+    def _linear_per_call(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """x W^T with W de-quantized on this call: whole for a small layer, else DENSE_BLOCK weights
+        (8 MB in bf16) of output rows at a time, so no (N, K) dense copy ever exists (57 MB in bf16 for
+        SmolLM2's lm_head, per call)."""
+        if self.out_features * self.in_features <= DENSE_BLOCK:
+            return F.linear(x, self.dequantize(dtype))
+        y = torch.empty(*x.shape[:-1], self.out_features, dtype=dtype, device=x.device)  # (..., N)
+        step = max(1, DENSE_BLOCK // self.in_features)
+        for start in range(0, self.out_features, step):
+            stop = min(start + step, self.out_features)
+            y[..., start:stop] = F.linear(x, self._weight_rows(start, stop, dtype))
+        return y
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, bits={self.bits}, group={self.group_size}, "
@@ -203,12 +221,11 @@ class QuantLinear(torch.nn.Module):
             return y.view(*x.shape[:-1], self.out_features)
         x_in = fake_quant_activation(x) if self.act_quant else x
         if path == "dequant":
-            return F.linear(x_in, self.dequantize(x.dtype))
+            return self._linear_per_call(x_in, x.dtype)
         dtype = DENSE[path]
-        if weight is None:
-            weight = self._dense if self._dense is not None and self._dense.dtype == dtype else \
-                self.dequantize(dtype)
-        return F.linear(x_in.to(dtype), weight)
+        if weight is None and self._dense is not None and self._dense.dtype == dtype:
+            weight = self._dense
+        return F.linear(x_in.to(dtype), weight) if weight is not None else self._linear_per_call(x_in.to(dtype), dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.run_path(self.plan.path(x.numel() // x.shape[-1]), x).to(x.dtype)
