@@ -143,7 +143,7 @@ def test_per_call_dequantized_linear_in_output_blocks_equals_one_matmul(monkeypa
     layer = runtime.QuantLinear.from_codes(qw.q, qw.scale, qw.zero, 4, 32)  # backend dequant: per call
     x = torch.randn(3, 5, 64)
     whole = torch.nn.functional.linear(x, layer.dequantize())
-    monkeypatch.setattr(runtime, "DENSE_BLOCK", 64 * 8)  # 8 output rows a block, the last one 2
+    monkeypatch.setattr(runtime, "DEQUANT_BLOCK", 64 * 8)  # 8 output rows a block, the last one 2
     blocked = layer(x)
     assert blocked.shape == (3, 5, 50)
     torch.testing.assert_close(blocked, whole, rtol=1e-4, atol=1e-5)  # GEMM summation order differs

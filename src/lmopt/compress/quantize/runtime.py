@@ -44,9 +44,7 @@ from lmopt.compress.quantize.packing import pack_bits, packed_width, unpack_bits
 BACKENDS = ("auto", "int4", "int8", "w8a8", "dequant")
 INT4_KERNEL_GROUPS = (32, 64, 128, 256)
 DEQUANT_BLOCK = 1 << 20
-"""Weights de-quantized per block (4 MB of fp32 temporaries each)."""
-DENSE_BLOCK = 1 << 22
-"""Weights per output block when a layer is de-quantized on each call (8 MB in bf16)."""
+"""Weights de-quantized per block (each of its three or four fp32 temporaries 4 MB)."""
 
 
 class QuantLinear(torch.nn.Module):
@@ -104,13 +102,13 @@ class QuantLinear(torch.nn.Module):
         return dequantize(codes, self.scales[rows].float(), self.zeros[rows].float(), self.group_size).to(dtype)
 
     def _linear_per_call(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """x W^T with W de-quantized on this call: whole for a small layer, else DENSE_BLOCK weights
-        (8 MB in bf16) of output rows at a time, so no (N, K) dense copy ever exists (57 MB in bf16 for
-        SmolLM2's lm_head, per call)."""
-        if self.out_features * self.in_features <= DENSE_BLOCK:
+        """x W^T with W de-quantized on this call: whole for a small layer, else DEQUANT_BLOCK weights
+        of output rows at a time, so neither an (N, K) dense copy (57 MB in bf16 for SmolLM2's lm_head,
+        per call) nor its fp32 temporaries (4 x 113 MB) ever exist."""
+        if self.out_features * self.in_features <= DEQUANT_BLOCK:
             return F.linear(x, self.dequantize(dtype))
         y = torch.empty(*x.shape[:-1], self.out_features, dtype=dtype, device=x.device)  # (..., N)
-        step = max(1, DENSE_BLOCK // self.in_features)
+        step = max(1, DEQUANT_BLOCK // self.in_features)
         for start in range(0, self.out_features, step):
             stop = min(start + step, self.out_features)
             y[..., start:stop] = F.linear(x, self._weight_rows(start, stop, dtype))
