@@ -37,9 +37,15 @@ def head_input(model: Any, head: Any, **inputs: Any) -> torch.Tensor:
     return captured[0]
 
 
+def logit_softcap(model: Any) -> float | None:
+    """The final logit soft-cap of a (possibly wrapped) model's config (Gemma 2: 30.0), or None."""
+    config = getattr(getattr(model, "module", model), "config", None)
+    return getattr(config, "final_logit_softcapping", None)
+
+
 def head_logits(model: Any, head: Any, hidden: torch.Tensor) -> torch.Tensor:
     """What the model's forward makes of the head's output: the head, then the final logit
-    soft-capping of models that have one (Gemma 2: cap * tanh(logits / cap))."""
+    soft-capping of models that have one (cap * tanh(logits / cap))."""
     logits = head(hidden)
-    cap = getattr(getattr(getattr(model, "module", model), "config", None), "final_logit_softcapping", None)
+    cap = logit_softcap(model)
     return torch.tanh(logits / cap) * cap if cap else logits

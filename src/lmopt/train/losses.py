@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from lmopt.models.head import head_input as capture_head_input
+from lmopt.models.head import logit_softcap
 from lmopt.models.head import output_head as model_output_head
 
 IGNORE = -100
@@ -125,8 +126,7 @@ def output_head(model: Any) -> Any:
     """The output projection of a (possibly DDP- or peft-wrapped) causal LM, when it is a plain
     bias-free Linear (what `chunked_ce` fuses) and the logits are not soft-capped, else None."""
     head = model_output_head(model)
-    capped = getattr(getattr(getattr(model, "module", model), "config", None), "final_logit_softcapping", None)
-    if isinstance(head, torch.nn.Linear) and head.bias is None and not capped:
+    if isinstance(head, torch.nn.Linear) and head.bias is None and not logit_softcap(model):
         return head
     return None
 
