@@ -31,16 +31,9 @@ def ort_decode_tokens_per_second(path: str | Path, prompt_ids: list[int], new_to
     (no stop at EOS; each step feeds the previous step's present KV back as numpy arrays, as
     `OrtModel.generate` does). Returns tokens/s and the prefill time.
     """
-    import onnxruntime as ort
+    from lmopt.export.onnx_export import OrtModel
 
-    from lmopt.export.onnx_export import GRAPH, OrtModel
-
-    model = OrtModel(Path(path))
-    if threads:  # OrtModel's session uses ORT's default thread count; rebuild it pinned
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = threads
-        model.session = ort.InferenceSession(str(Path(path) / GRAPH), options, providers=["CPUExecutionProvider"])
+    model = OrtModel(Path(path), threads)
     started = time.perf_counter()
     logits, past = model.step(np.array([prompt_ids]), model.empty_past())
     prefill_s = time.perf_counter() - started

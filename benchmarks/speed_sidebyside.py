@@ -140,15 +140,9 @@ class OnnxRuntime:
     """An `lmopt export --format onnx` directory on ONNX Runtime's CPU provider: decode and prefill."""
 
     def __init__(self, path: Path, threads: int) -> None:
-        import onnxruntime as ort
+        from lmopt.export.onnx_export import OrtModel
 
-        from lmopt.export.onnx_export import GRAPH, OrtModel
-
-        self.model = OrtModel(path)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = threads
-        self.model.session = ort.InferenceSession(str(path / GRAPH), options, providers=["CPUExecutionProvider"])
+        self.model = OrtModel(path, threads)
 
     def decode(self, ids: list[int], new_tokens: int) -> float:
         import numpy as np

@@ -115,7 +115,8 @@ def write_onnx(loaded: LoadedModel, path: Path) -> dict[str, Any]:
 class OrtModel:
     """The exported graph on ONNX Runtime's CPU provider: logits and a greedy generate loop."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        """`threads`: ONNX Runtime's intra-op threads (None: its default, every core)."""
         try:
             import onnxruntime as ort
         except ImportError:
@@ -124,6 +125,8 @@ class OrtModel:
         self.layers, self.heads, self.head_dim = info["layers"], info["kv_heads"], info["head_dim"]
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(path / GRAPH), options, providers=["CPUExecutionProvider"])
         self.names_in, _ = io_names(self.layers)
 
