@@ -183,3 +183,25 @@ def peak_rss_mb() -> float:
 def peak_child_rss_mb() -> float:
     """High-water mark of the largest finished child process (e.g. a worker), in MB."""
     return _maxrss_mb(resource.RUSAGE_CHILDREN)
+
+
+M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
+
+
+def set_malloc_mmap_threshold(mb: float) -> bool:
+    """Make glibc's malloc give every allocation of at least `mb` MB its own mapping, unmapped on free.
+
+    By default glibc raises this threshold up to 32 MB as large blocks are freed, so the (tokens x
+    hidden) activations a training step allocates and frees come from the heap, where freed blocks
+    fragment and stay resident: a LoRA step of 4 x 512 tokens on the 135M model peaked at 4.4 GB for
+    1.3 GB of live tensors. True when applied (glibc only; elsewhere nothing changes). The setting
+    lasts for the process: glibc cannot return to its dynamic threshold."""
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, int(mb * 2**20)))
+    except (OSError, AttributeError):
+        return False

@@ -3,6 +3,10 @@ same weights as the plain run (full and LoRA) on a tiny model."""
 
 from __future__ import annotations
 
+import platform
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -31,6 +35,46 @@ def test_plan_follows_the_budget():
     assert not memory_plan(model, off).chunked_ce and not memory_plan(model, off).gradient_checkpointing
     forced = off.model_copy(update={"chunked_ce": True, "gradient_checkpointing": False})
     assert memory_plan(model, forced).chunked_ce and not memory_plan(model, forced).gradient_checkpointing
+    # the allocator setting follows the plan: only a run the budget bounds changes it, and 0 opts out
+    assert plan.malloc_mmap_threshold_mb == 4.0
+    assert memory_plan(model, small).malloc_mmap_threshold_mb is None
+    assert memory_plan(model, forced).malloc_mmap_threshold_mb is None  # no budget: nothing to bound
+    assert memory_plan(model, tight.model_copy(update={"malloc_mmap_threshold_mb": 0})).malloc_mmap_threshold_mb is None
+    assert memory_plan(model, small.model_copy(update={"malloc_mmap_threshold_mb": 8})).malloc_mmap_threshold_mb == 8
+
+
+_FREED_BLOCK_PROBE = """
+import ctypes, sys
+from lmopt.hardware import set_malloc_mmap_threshold
+def rss_kb():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS"))
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+applied = set_malloc_mmap_threshold(1.0) if sys.argv[1] == "set" else False
+size = 8 * 2**20
+for _ in range(2):  # the first free of a mapped block is what raises glibc's dynamic threshold
+    before = rss_kb()
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)
+    libc.free(block)
+print(applied, rss_kb() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_malloc_threshold_returns_freed_blocks():
+    """Reference: the process's own resident size. With glibc's dynamic threshold a freed 8 MB block stays
+    resident in the heap; after `set_malloc_mmap_threshold(1)` it is unmapped on free."""
+    def kept_kb(mode):
+        out = subprocess.run([sys.executable, "-c", _FREED_BLOCK_PROBE, mode], capture_output=True, text=True,
+                             check=True).stdout.split()
+        return out[0] == "True", int(out[1])
+
+    applied, kept_set = kept_kb("set")
+    _, kept_default = kept_kb("default")
+    assert applied
+    assert kept_default > 6_000 and kept_set < 1_000
 
 
 def test_plan_for_the_issue_case_uses_both():

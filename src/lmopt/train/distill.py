@@ -200,5 +200,6 @@ def distill(
         delattr(trained, PROJECTION)
     _, trained = merge_adapters(trained, config)  # no separate `adapter`: an unmerged student is the model
     extra = {"teacher": teacher.ref, "loss": config.loss,
-             "gradient_checkpointing": plan.gradient_checkpointing, "memory_planned_mb": plan.planned_mb}
+             "gradient_checkpointing": plan.gradient_checkpointing, "memory_planned_mb": plan.planned_mb,
+             "malloc_mmap_threshold_mb": plan.malloc_mmap_threshold_mb}
     return finish(student, trained, outcome, prepared, config, "distill", extra_metrics=extra)

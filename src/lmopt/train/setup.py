@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from lmopt.errors import LmoptError
-from lmopt.hardware import peak_rss_mb
+from lmopt.hardware import peak_rss_mb, set_malloc_mmap_threshold
 from lmopt.models import LoadedModel
 from lmopt.train.callbacks import Callback, Callbacks
 from lmopt.train.config import TrainConfig
@@ -97,6 +97,8 @@ class MemoryPlan:
     """Estimated peak of the plain run (no chunking, no checkpointing)."""
     planned_mb: float
     """Estimated peak with the plan."""
+    malloc_mmap_threshold_mb: float | None = None
+    """Set on glibc's malloc by `prepare_model` (`TrainConfig.malloc_mmap_threshold_mb`); None = untouched."""
 
 
 def memory_plan(model: Any, config: TrainConfig) -> MemoryPlan:
@@ -131,7 +133,11 @@ def memory_plan(model: Any, config: TrainConfig) -> MemoryPlan:
     if checkpointing is None:
         checkpointing = budget is not None and fixed + layers * per_layer + head > budget
     acts = (n * layers * d * mb + per_layer) if checkpointing else layers * per_layer
-    return MemoryPlan(bool(chunked), bool(checkpointing), round(estimate, 1), round(fixed + acts + head, 1))
+    threshold = config.malloc_mmap_threshold_mb
+    if threshold is None:
+        threshold = 4.0 if budget is not None and (chunked or checkpointing) else 0.0
+    return MemoryPlan(bool(chunked), bool(checkpointing), round(estimate, 1), round(fixed + acts + head, 1),
+                      threshold or None)
 
 
 def enable_checkpointing(model: Any, lora: bool) -> None:
@@ -158,8 +164,11 @@ def prepare_model(model: Any, config: TrainConfig) -> Any:
     every weight trainable."""
     if config.dropout is not None:
         apply_dropout(model, config.dropout)
-    if memory_plan(model, config).gradient_checkpointing:
+    plan = memory_plan(model, config)
+    if plan.gradient_checkpointing:
         enable_checkpointing(model, config.method == "lora")
+    if plan.malloc_mmap_threshold_mb:
+        set_malloc_mmap_threshold(plan.malloc_mmap_threshold_mb)
     if config.method == "lora":
         # LoRA's A matrices are drawn here, before the loop seeds anything: seed them from the config so
         # the same config gives the same run whatever ran before in this process.
