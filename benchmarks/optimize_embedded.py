@@ -3,11 +3,11 @@ least 2x bf16's and whose WikiText-2 perplexity is at most 1.20x fp32's, within 
 
 Constraints `decode_speedup>=2` (decode tokens/s over the base model's in bfloat16, 2 threads) and
 `ppl_ratio<=1.2` (WikiText-2 test perplexity over the base model's in float32, same windows). Objective:
-WikiText-2 perplexity; decode speed is the second objective. Space: quantization (none, RTN, GPTQ, AWQ; 3, 4
-and 8 bits; groups 32/64/128; lm_head 8 or 4 bits), structured pruning (MLP 12.5/25%, 0/2/4 layers), dtype
-(bf16/fp32), 2 threads. W8A8 is left out (+23% perplexity on this model, BENCHMARKS.md#quantization).
-Cheap estimates: 2 windows of 1024 tokens, 16 calibration windows, 16 decoded tokens; full: 8 windows of
-2048 tokens, each method's own calibration, 64 decoded tokens, 3 repeats.
+WikiText-2 perplexity; decode speed is the second objective. Space: quantization (none, RTN, GPTQ, AWQ,
+rotate+GPTQ; 3, 4 and 8 bits; groups 32/64/128; lm_head 8 or 4 bits), structured pruning (MLP 12.5/25%,
+0/2/4 layers), dtype (bf16/fp32), 2 threads. W8A8 is left out (+23% perplexity on this model,
+BENCHMARKS.md#quantization). Cheap estimates: 2 windows of 1024 tokens, 16 calibration windows, 16 decoded
+tokens; full: 8 windows of 2048 tokens, each method's own calibration, 64 decoded tokens, 3 repeats.
 
 Run:    nice -n 10 .venv/bin/python benchmarks/optimize_embedded.py --budget-min 60 --output /tmp/opt-embedded
         (rerun the same command after a kill: it resumes; --tiny: a tiny random model, a 3-trial smoke test)
@@ -34,7 +34,7 @@ from lmopt.select.optimize_outputs import front_table
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GOAL = ["decode_speedup>=2", "ppl_ratio<=1.2"]
-SPACE = {"quantize": ["none", "rtn", "gptq", "awq"], "bits": [3, 4, 8], "group_sizes": [32, 64, 128],
+SPACE = {"quantize": ["none", "rtn", "gptq", "awq", "rotate+gptq"], "bits": [3, 4, 8], "group_sizes": [32, 64, 128],
          "lm_head_bits": [8, 4], "prune": ["none", "structured"], "prune_amounts": [0.125, 0.25],
          "prune_layers": [0, 2, 4], "dtypes": ["bfloat16", "float32"]}
 CHEAP = {"limit": 2, "seq_len": 1024, "calibration_samples": 16, "prefill_len": 128, "new_tokens": 16, "repeats": 2}

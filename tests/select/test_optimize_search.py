@@ -162,3 +162,25 @@ def test_the_step_continues_the_recipe_with_the_chosen_model(tiny_dir, tmp_path)
     assert result.model == ctx.output and (ctx.output / "config.json").exists()
     assert result.metrics["best_trial"] == 0 and result.metrics["output"] == str(tmp_path / "search")
     assert read(tmp_path / "search" / "best.json")["trial"] == 0
+
+
+def test_rotate_gptq_is_searched_and_enqueued_by_default(tiny_dir, tmp_path):
+    """The default space draws rotate+GPTQ (the best measured 4-bit quality) and enqueues it at W4 g128;
+    a drawn candidate builds a rotate+gptq quantize step whose model evaluates like its parent's."""
+    from lmopt.select.search_space import Space, default_params
+
+    config = OptimizeConfig.parse({"models": [str(tiny_dir)], "objective": "pydoc:perplexity", "output": "o"})
+    assert "rotate+gptq" in config.space.quantize
+    enqueued = default_params(Space.build(config, [str(tiny_dir)]))
+    assert {"quantize": "rotate+gptq", "bits": 4, "group_size": 128, "lm_head_bits": 8}.items() <= enqueued[2].items()
+    search = Search(prepare(tiny_config(tiny_dir, tmp_path / "out", space={**SPACE, "quantize": ["rotate+gptq"]}),
+                            tmp_path), tmp_path / "out", tmp_path, lambda _line: None)
+    candidate = Candidate(base=str(tiny_dir), quantize="rotate+gptq", bits=4, group_size=32, dtype="float32")
+    model, steps = search.build(candidate, "cheap")
+    assert steps == [{"quantize": {"method": "rotate+gptq", "bits": 4, "group_size": 32, "lm_head_bits": 8,
+                                   "calibration": {"n_samples": TINY["calibration_samples"]}}}]
+    assert "rotate+gptq w4 g32" in candidate.label()
+    here = measure_here(MeasureSpec(model=str(model), dtype="float32", threads=1, tasks=["pydoc"], fidelity=TINY))
+    base = measure_here(MeasureSpec(model=str(tiny_dir), dtype="float32", threads=1, tasks=["pydoc"], fidelity=TINY))
+    # a random tiny model: 4 bits after a rotation stays within 10% of its parent's perplexity
+    assert here["tasks"]["pydoc"]["perplexity"] == pytest.approx(base["tasks"]["pydoc"]["perplexity"], rel=0.1)

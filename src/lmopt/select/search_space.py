@@ -18,7 +18,7 @@ from lmopt.hardware import detect_hardware
 from lmopt.models.load import resolve
 from lmopt.select.optimize_config import FidelityConfig, OptimizeConfig, SpaceConfig
 
-CALIBRATED = ("gptq", "awq", "w8a8", "wanda", "sparsegpt", "structured")
+CALIBRATED = ("gptq", "awq", "rotate+gptq", "w8a8", "wanda", "sparsegpt", "structured")
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def suggest(trial: Any, space: Space) -> Candidate:
     if prune == "structured":
         fields["prune_layers"] = pick("prune_layers", list(space.prune_layers))
     quantize = fields["quantize"] = pick("quantize", list(cfg.quantize))
-    if quantize in ("rtn", "gptq", "awq"):
+    if quantize in ("rtn", "gptq", "awq", "rotate+gptq"):
         fields["bits"] = pick("bits", list(cfg.bits))
         if fields["bits"] < 8:
             fields["group_size"] = pick("group_size", list(cfg.group_sizes))
@@ -114,13 +114,15 @@ def suggest(trial: Any, space: Space) -> Candidate:
 
 
 def default_params(space: Space) -> list[dict[str, Any]]:
-    """Known-good first trials that fit the space: int8 per channel, 4-bit GPTQ g128, structured + int8."""
+    """Known-good first trials that fit the space: int8 per channel, 4-bit GPTQ g128 with and without a
+    rotation first, structured + int8."""
     cfg = space.space
     dtype = detect_hardware().dtype if detect_hardware().dtype in cfg.dtypes else cfg.dtypes[0]
     common = {"base": space.models[0], "finetune": "none", "dtype": dtype, "threads": max(space.threads)}
     wanted = [
         {"prune": "none", "quantize": "rtn", "bits": 8, "lm_head_bits": 8},
         {"prune": "none", "quantize": "gptq", "bits": 4, "group_size": 128, "lm_head_bits": 8},
+        {"prune": "none", "quantize": "rotate+gptq", "bits": 4, "group_size": 128, "lm_head_bits": 8},
         {"prune": "structured", "prune_amount": 0.25, "prune_layers": 0, "quantize": "rtn", "bits": 8,
          "lm_head_bits": 8},
     ]
