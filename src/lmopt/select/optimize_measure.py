@@ -33,7 +33,7 @@ from lmopt.evaluate import run_task
 from lmopt.evaluate.speed import benchmark_speed
 from lmopt.hardware import apply_threads, peak_rss_mb
 from lmopt.io import size_on_disk_mb, write_json
-from lmopt.models import load_model
+from lmopt.models import count_parameters, load_model
 from lmopt.select.optimize_config import FidelityConfig
 
 
@@ -85,7 +85,7 @@ def measure_here(spec: MeasureSpec) -> dict[str, Any]:
     loaded = load_model(spec.model, dtype=spec.dtype)
     fid = spec.fidelity
     out: dict[str, Any] = {"dtype": spec.dtype, "threads": spec.threads,
-                           "params_m": round(sum(p.numel() for p in loaded.model.parameters()) / 1e6, 3),
+                           "params_m": round(count_parameters(loaded.model) / 1e6, 3),
                            "size_mb": size_on_disk_mb(loaded.path) if loaded.path else None}
     if spec.speed:
         speed = benchmark_speed(loaded.model, loaded.tokenizer, prefill_len=fid.prefill_len, prompt_len=32,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lmopt.hardware import peak_rss_mb
+from lmopt.models import count_parameters
 from lmopt.select.selection_candidates import Candidate, check_tokenizer
 from lmopt.select.selection_data import TaskData
 from lmopt.select.selection_ways import make_way
@@ -70,8 +71,7 @@ def weights_mb(model: Any, extra_bytes: int = 0) -> tuple[float, float]:
     """(size in MB, parameters in millions) of a model's parameters and buffers."""
     tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
     size = sum(t.numel() * t.element_size() for t in tensors.values()) + extra_bytes
-    params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    return size / 2**20, params / 1e6
+    return size / 2**20, count_parameters(model) / 1e6
 
 
 def _quality(way: Any, data: TaskData) -> dict[str, Any]:

@@ -19,10 +19,9 @@ from lmopt.compress.calibration import calibration_windows
 from lmopt.compress.config import CalibrationConfig
 from lmopt.compress.prune.config import MagnitudeConfig, PruneMethodConfig, StructuredConfig
 from lmopt.compress.prune.structured import prune_structured
-from lmopt.compress.prune.surgery import count_parameters
 from lmopt.compress.prune.unstructured import prune_unstructured
 from lmopt.errors import LmoptError
-from lmopt.models import ModelCard, save_model
+from lmopt.models import ModelCard, count_parameters, save_model
 
 
 def _windows(config: PruneMethodConfig, calibration: Any, tokenizer: Any) -> Any:

@@ -124,8 +124,3 @@ def sync_config(model: Any) -> None:
     cfg = model.config
     cfg.head_dim = head_dim  # explicit: hidden_size / heads no longer gives it
     cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads = inter, heads, kv
-
-
-def count_parameters(model: Any) -> int:
-    """Parameters (`model.parameters()` yields a tied embedding / lm_head once)."""
-    return sum(p.numel() for p in model.parameters())
