@@ -11,7 +11,9 @@ Parts (run each under the CPU lock: quality checks shared, timed ones exclusive)
              every request recorded, PII scrubbing on: the defaults), same prompts; `--on-flags` adds
              flags to the "on" server, `--control` runs it without telemetry (an A/A check). Both servers run
              side by side (the idle one waits on its queue, its CPU time is reported) and the load
-             alternates off, on, on, off, ... so a slow stretch of the machine hits both arms.
+             alternates off, on, on, off, ... so a slow stretch of the machine hits both arms. Besides
+             tokens/s, each run reports the serving process's CPU milliseconds per output token: on a
+             CPU-bound server, telemetry's extra CPU per token bounds what it costs in throughput.
 
     flock -s /tmp/lmopt-cpu.lock .venv/bin/python benchmarks/monitor_gate.py make
     flock -s /tmp/lmopt-cpu.lock .venv/bin/python benchmarks/monitor_gate.py gate --runs w3,prune50,self,self
@@ -184,17 +186,26 @@ def telemetry(work: Path, rounds: int, requests: int, concurrency: int, threads:
         order = [arm for r in range(rounds) for arm in (("off", "on") if r % 2 == 0 else ("on", "off"))]
         for arm in order:
             idle = servers["on" if arm == "off" else "off"]
-            idle_cpu = idle.cpu_seconds()
+            idle_cpu, busy_cpu = idle.cpu_seconds(), servers[arm].cpu_seconds()
             row = run_load(LoadConfig(url=servers[arm].url, concurrency=concurrency, requests=requests), jobs=jobs)
-            row = {"arm": arm, **row, "idle_server_cpu_s": round(idle.cpu_seconds() - idle_cpu, 2),
-                   "loadavg": loadavg()}
+            # CPU time the serving process spent per output token: telemetry's own work (queue, scrubbing,
+            # SQLite writes) shows here directly, without the scheduling noise of a throughput figure.
+            cpu = servers[arm].cpu_seconds() - busy_cpu
+            row = {"arm": arm, **row, "server_cpu_s": round(cpu, 2),
+                   "cpu_ms_per_token": round(1000 * cpu / max(row["output_tokens"], 1), 3),
+                   "idle_server_cpu_s": round(idle.cpu_seconds() - idle_cpu, 2), "loadavg": loadavg()}
             result["runs"].append(row)
-            print({k: row[k] for k in ("arm", "output_tokens_per_s", "duration_s", "errors", "idle_server_cpu_s",
-                                       "loadavg")}, flush=True)
+            print({k: row[k] for k in ("arm", "output_tokens_per_s", "cpu_ms_per_token", "duration_s", "errors",
+                                       "idle_server_cpu_s", "loadavg")}, flush=True)
         result["on_metrics"] = on.metrics()
     rates = {arm: [r["output_tokens_per_s"] for r in result["runs"] if r["arm"] == arm] for arm in ("off", "on")}
     # Pairs in running order (off/on, on/off, ...): each ratio compares two neighbouring runs.
     ratios = [on_rate / off_rate for off_rate, on_rate in zip(rates["off"], rates["on"], strict=True)]
+    cpu = {arm: [r["cpu_ms_per_token"] for r in result["runs"] if r["arm"] == arm] for arm in ("off", "on")}
+    cpu_ratios = [on_ms / off_ms for off_ms, on_ms in zip(cpu["off"], cpu["on"], strict=True)]
+    result.update({"cpu_ms_per_token": cpu, "cpu_pair_ratios": [round(r, 4) for r in cpu_ratios],
+                   "cpu_ratio_median": round(statistics.median(cpu_ratios), 4),
+                   "cpu_ratio_sd": round(statistics.stdev(cpu_ratios), 4) if len(cpu_ratios) > 1 else None})
     result.update({"loadavg_end": loadavg(), "off_tok_s": rates["off"], "on_tok_s": rates["on"],
                    "off_mean": round(statistics.mean(rates["off"]), 2),
                    "on_mean": round(statistics.mean(rates["on"]), 2),

@@ -5,6 +5,8 @@ Run: .venv/bin/python benchmarks/select_boolq.py [--data-dir ../shared/data] [--
 
 Data: the shared BoolQ file (3,270 rows, the dev set): the first 2,000 rows train (the probe's logistic
 regression, LoRA), the other 1,270 evaluate (`--eval-limit` takes the first N of them for a short run).
+`--task pubmedqa`: PubMedQA's 1,000 labelled questions (yes / no / maybe; contexts + question in the same
+prompt layout), the first 500 train, the other 500 evaluate.
 Candidates by default: all-MiniLM-L6-v2 with a linear probe on mean-pooled embeddings and by similarity to
 each label's centroid, SmolLM2-135M-Instruct
 zero-shot (" no" / " yes" scored after "Passage ... Question ...?\nAnswer:", as lm-evaluation-harness
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -33,11 +36,26 @@ def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+def pubmedqa_rows(data_dir: Path, out: Path) -> Path:
+    """PubMedQA's 1,000 expert-labelled questions (`ori_pqal.json`) as classify rows: the abstract's
+    contexts and the question in BoolQ's prompt layout, labelled yes / no / maybe."""
+    items = json.loads((data_dir / "pubmedqa" / "ori_pqal.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "pubmedqa_pqal.jsonl"
+    with path.open("w") as f:
+        for item in items.values():
+            passage = " ".join(item["CONTEXTS"])
+            text = f"Passage: {passage}\nQuestion: {item['QUESTION']}\nAnswer:"
+            f.write(json.dumps({"text": text, "label": item["final_decision"]}) + "\n")
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N held-out rows")
-    parser.add_argument("--train-limit", type=int, default=None, help="train on the first N of the 2,000")
+    parser.add_argument("--task", choices=["boolq", "pubmedqa"], default="boolq")
+    parser.add_argument("--train-limit", type=int, default=None, help="train on the first N of the 2,000 (500)")
     parser.add_argument("--candidate", action="append", default=None, help="MODEL:WAY (repeatable)")
     parser.add_argument("--constraints", default="")
     parser.add_argument("--threads", type=int, default=None)
@@ -46,12 +64,15 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="directory for select.json / select.md")
     args = parser.parse_args()
 
-    path = Path(args.data_dir) / "boolq" / "boolq.jsonl"
+    if args.task == "pubmedqa":
+        path, train_rows = pubmedqa_rows(Path(args.data_dir), Path(args.out or tempfile.mkdtemp())), 500
+    else:
+        path, train_rows = Path(args.data_dir) / "boolq" / "boolq.jsonl", 2000
     config = SelectConfig(task_type="classify", candidates=args.candidate or DEFAULT, data=str(path),
-                          train_rows=2000, train_limit=args.train_limit, eval_limit=args.eval_limit,
+                          train_rows=train_rows, train_limit=args.train_limit, eval_limit=args.eval_limit,
                           constraints=args.constraints, threads=args.threads, batch_size=args.batch_size,
                           train_steps=args.train_steps, max_length=512, output=args.out)
-    data = load_task_data("classify", str(path), None, 2000, args.train_limit, args.eval_limit)
+    data = load_task_data("classify", str(path), None, train_rows, args.train_limit, args.eval_limit)
     majority = Counter(e.target for e in data.eval).most_common(1)[0]
     before, start = loadavg(), time.time()
     result = select(config=config, data=data, log=print)

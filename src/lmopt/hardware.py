@@ -15,6 +15,8 @@ import platform
 import resource
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -186,22 +188,40 @@ def peak_child_rss_mb() -> float:
 
 
 M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
+MMAP_THRESHOLD_MAX_MB = 32  # glibc's ceiling on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX), where its dynamic threshold ends
 
 
 def set_malloc_mmap_threshold(mb: float) -> bool:
-    """Make glibc's malloc give every allocation of at least `mb` MB its own mapping, unmapped on free.
+    """Make glibc's malloc give every allocation of at least `mb` MB (at most 32) its own mapping,
+    unmapped on free. True when applied (glibc only; elsewhere, or for a value glibc refuses, nothing
+    changes and the result is False).
 
     By default glibc raises this threshold up to 32 MB as large blocks are freed, so the (tokens x
     hidden) activations a training step allocates and frees come from the heap, where freed blocks
     fragment and stay resident: a LoRA step of 4 x 512 tokens on the 135M model peaked at 4.4 GB for
-    1.3 GB of live tensors. True when applied (glibc only; elsewhere nothing changes). The setting
-    lasts for the process: glibc cannot return to its dynamic threshold."""
+    1.3 GB of live tensors. glibc cannot return to its dynamic threshold afterwards; `bounded_heap`
+    puts the ceiling back instead."""
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return False
     import ctypes
 
     try:
         libc = ctypes.CDLL(None)
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, int(mb * 2**20)))
-    except (OSError, AttributeError):
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, int(min(mb, MMAP_THRESHOLD_MAX_MB) * 2**20)))
+    except (OSError, AttributeError, ctypes.ArgumentError):
         return False
+
+
+@contextmanager
+def bounded_heap(mb: float | None) -> Iterator[float | None]:
+    """Within the block, allocations of at least `mb` MB are mapped on their own (see
+    `set_malloc_mmap_threshold`); yields the threshold applied, or None (`mb` None or 0, or not glibc).
+    Afterwards the threshold is glibc's 32 MB ceiling, the value its dynamic threshold reaches in any
+    process that frees large tensors, so the rest of the process (calibration, measurement) runs as
+    it would have."""
+    applied = bool(mb) and set_malloc_mmap_threshold(mb)
+    try:
+        yield mb if applied else None
+    finally:
+        if applied:
+            set_malloc_mmap_threshold(MMAP_THRESHOLD_MAX_MB)

@@ -56,6 +56,8 @@ class StepContext:
     base_dir: Path = field(default_factory=Path.cwd)
     """Relative paths in configs resolve against this (the recipe's folder)."""
     dtype: str = "auto"
+    log: Callable[[str], Any] = field(default=lambda _line: None, repr=False)
+    """Where a long step reports progress lines (the recipe runner's log; silent by default)."""
 
     def resolve_path(self, path: str | Path) -> Path:
         path = Path(path).expanduser()

@@ -8,6 +8,7 @@ import torch
 
 from lmopt.data import pydoc_text
 from lmopt.evaluate.perplexity import perplexity, tokenize_windows
+from lmopt.models import head
 
 
 def plain_loop_nll(model, window: torch.Tensor) -> tuple[float, int]:
@@ -65,7 +66,7 @@ def test_head_in_blocks_equals_the_models_own_logits(tiny, monkeypatch):
     """token_nll runs the output head a few positions at a time (memory); same NLL as the full logits."""
     ppl = importlib.import_module("lmopt.evaluate.perplexity")  # the module (the package exports the function)
     windows = tokenize_windows(tiny.tokenizer, pydoc_text("eval")[:4000], 24, limit=3)
-    monkeypatch.setattr(ppl, "LOGIT_ROWS", 7)  # 3 x 23 positions: 10 blocks, the last one short
+    monkeypatch.setattr(head, "LOGIT_ROWS", 7)  # 3 x 23 positions: 10 blocks, the last one short
     torch.testing.assert_close(ppl.token_nll(tiny.model, windows), full_logits_nll(tiny.model, windows),
                                rtol=1e-5, atol=1e-5)
 
@@ -81,6 +82,6 @@ def test_soft_capped_logits_are_capped_in_blocks_too(monkeypatch):
                           final_logit_softcapping=0.5)  # small cap: capping changes every logit
     model = Gemma2ForCausalLM(config).eval()
     windows = torch.randint(0, 96, (2, 16))
-    monkeypatch.setattr(ppl, "LOGIT_ROWS", 5)
+    monkeypatch.setattr(head, "LOGIT_ROWS", 5)
     torch.testing.assert_close(ppl.token_nll(model, windows), full_logits_nll(model, windows),
                                rtol=1e-5, atol=1e-5)

@@ -180,7 +180,38 @@ def test_rotate_gptq_is_searched_and_enqueued_by_default(tiny_dir, tmp_path):
     assert steps == [{"quantize": {"method": "rotate+gptq", "bits": 4, "group_size": 32, "lm_head_bits": 8,
                                    "calibration": {"n_samples": TINY["calibration_samples"]}}}]
     assert "rotate+gptq w4 g32" in candidate.label()
+    # a model type the rotation does not know (GPT-2 here) is not offered rotate+gptq at all
+    gpt2 = tmp_path / "gpt2"
+    gpt2.mkdir()
+    (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
+    assert "rotate+gptq" not in Space.build(config, [str(gpt2)]).quantize
+    assert "rotate+gptq" in Space.build(config, [str(tiny_dir)]).quantize
+    only = OptimizeConfig.parse({**config.to_dict(), "space": {"quantize": ["rotate+gptq"]}})
+    with pytest.raises(LmoptError, match="cannot rotate"):
+        Space.build(only, [str(gpt2)])
     here = measure_here(MeasureSpec(model=str(model), dtype="float32", threads=1, tasks=["pydoc"], fidelity=TINY))
     base = measure_here(MeasureSpec(model=str(tiny_dir), dtype="float32", threads=1, tasks=["pydoc"], fidelity=TINY))
     # a random tiny model: 4 bits after a rotation stays within 10% of its parent's perplexity
     assert here["tasks"]["pydoc"]["perplexity"] == pytest.approx(base["tasks"]["pydoc"]["perplexity"], rel=0.1)
+
+
+def test_shipped_optimize_recipe_runs_on_a_tiny_model_and_logs_its_trials(tiny_dir, tmp_path):
+    """`optimize-embedded.yaml` with the tiny model, a short objective and tiny fidelities: the recipe
+    runner prints the search's trial lines under the step's line, and the chosen model goes on."""
+    import yaml
+
+    import lmopt
+    from lmopt.pipeline import Recipe
+
+    data = yaml.safe_load((Path(lmopt.__file__).parent / "recipes" / "optimize-embedded.yaml").read_text())
+    step = data["steps"][0]["optimize"]
+    assert step["constraints"] == ["decode_speedup>=2", "ppl_ratio<=1.2"] and step["budget_min"] == 60
+    step.update(objective="pydoc:perplexity", constraints=["ppl_ratio<=1.5"], n_trials=1, isolate=False,
+                cheap=TINY, full=TINY, space={**step["space"], "threads": [1], "dtypes": ["float32"],
+                                              "group_sizes": [32], "prune": ["none"]})
+    data.update(model=str(tiny_dir), workdir=str(tmp_path / "w"))
+    lines: list[str] = []
+    summary = run_recipe(Recipe.parse(data), tmp_path, log=lines.append)
+    assert lines[0].startswith("[1/1] optimize") and any(line.startswith("  trial 0:") for line in lines)
+    metrics = summary["steps"][0]["metrics"]
+    assert metrics["best_trial"] == 0 and (Path(metrics["output"]) / "best.json").exists()

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from lmopt.models import tiny_llama
 from lmopt.train import TrainConfig, finetune
@@ -41,40 +42,48 @@ def test_plan_follows_the_budget():
     assert memory_plan(model, forced).malloc_mmap_threshold_mb is None  # no budget: nothing to bound
     assert memory_plan(model, tight.model_copy(update={"malloc_mmap_threshold_mb": 0})).malloc_mmap_threshold_mb is None
     assert memory_plan(model, small.model_copy(update={"malloc_mmap_threshold_mb": 8})).malloc_mmap_threshold_mb == 8
+    with pytest.raises(ValidationError, match="malloc_mmap_threshold_mb"):  # glibc's ceiling is 32 MB
+        TrainConfig(malloc_mmap_threshold_mb=64)
 
 
 _FREED_BLOCK_PROBE = """
 import ctypes, sys
-from lmopt.hardware import set_malloc_mmap_threshold
+from lmopt.hardware import bounded_heap
 def rss_kb():
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS"))
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
-applied = set_malloc_mmap_threshold(1.0) if sys.argv[1] == "set" else False
-size = 8 * 2**20
-for _ in range(2):  # the first free of a mapped block is what raises glibc's dynamic threshold
-    before = rss_kb()
-    block = libc.malloc(size)
-    ctypes.memset(block, 1, size)
-    libc.free(block)
-print(applied, rss_kb() - before)
+def kept_kb():
+    for _ in range(2):  # the first free of a mapped block is what raises glibc's dynamic threshold
+        before = rss_kb()
+        block = libc.malloc(8 * 2**20)
+        ctypes.memset(block, 1, 8 * 2**20)
+        libc.free(block)
+    return rss_kb() - before
+if sys.argv[1] == "default":
+    print(None, kept_kb())
+else:
+    with bounded_heap(1.0) as applied:
+        inside = kept_kb()
+    print(applied, inside if sys.argv[1] == "inside" else kept_kb())
 """
+GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only")
-def test_malloc_threshold_returns_freed_blocks():
+@pytest.mark.skipif(not GLIBC, reason="glibc only")
+def test_bounded_heap_returns_freed_blocks_and_then_restores():
     """Reference: the process's own resident size. With glibc's dynamic threshold a freed 8 MB block stays
-    resident in the heap; after `set_malloc_mmap_threshold(1)` it is unmapped on free."""
-    def kept_kb(mode):
+    resident in the heap; inside `bounded_heap(1)` it is unmapped on free; after the block, glibc's 32 MB
+    ceiling holds again and the heap keeps it, as by default."""
+    def run(mode):
         out = subprocess.run([sys.executable, "-c", _FREED_BLOCK_PROBE, mode], capture_output=True, text=True,
                              check=True).stdout.split()
-        return out[0] == "True", int(out[1])
+        return out[0], int(out[1])
 
-    applied, kept_set = kept_kb("set")
-    _, kept_default = kept_kb("default")
-    assert applied
-    assert kept_default > 6_000 and kept_set < 1_000
+    (applied, inside), (_, after), (_, default) = run("inside"), run("after"), run("default")
+    assert applied == "1.0"
+    assert default > 6_000 and inside < 1_000 and after > 6_000
 
 
 def test_plan_for_the_issue_case_uses_both():
@@ -142,11 +151,12 @@ def test_chunked_and_checkpointed_run_trains_the_same_weights(method):
         memory_budget_mb=None,
     )
     plain = finetune(tiny_llama(), _docs(), TrainConfig(**common))
-    bounded = finetune(
-        tiny_llama(), _docs(), TrainConfig(**common, chunked_ce=True, gradient_checkpointing=True)
-    )
+    # a 1 MB budget: the plan turns on chunking, checkpointing and the allocator setting
+    bounded = finetune(tiny_llama(), _docs(), TrainConfig(**{**common, "memory_budget_mb": 1.0}))
     assert bounded.metrics["chunked_ce"] and bounded.metrics["gradient_checkpointing"]
     assert not plain.metrics["chunked_ce"] and bounded.metrics["peak_rss_mb"] > 0
+    assert bounded.metrics["malloc_mmap_threshold_mb"] == (4.0 if GLIBC else None)
+    assert plain.metrics["malloc_mmap_threshold_mb"] is None
     assert [h["eval_loss"] for h in bounded.history] == pytest.approx(
         [h["eval_loss"] for h in plain.history], rel=1e-4
     )

@@ -33,19 +33,14 @@ def tokenize_windows(tokenizer: Any, text: str, seq_len: int, limit: int | None 
     return ids[: n * seq_len].view(n, seq_len)
 
 
-LOGIT_ROWS = 1024
-"""Positions whose logits exist at a time (200 MB of float32 for a 49k-word vocabulary)."""
-
-
 def token_nll(model: Any, windows: Any) -> Any:
     """Next-token NLL (nats) at each position of a (batch, seq) batch of windows: (batch, seq-1) float64.
 
-    The head runs on LOGIT_ROWS positions at a time (see lmopt.models.head): the whole batch's
+    The head runs on 1,024 positions at a time (`lmopt.models.head.rows_nll`): the whole batch's
     logits, and their float32 log-softmax, would be 2 x 3.2 GB at 8 x 2048 tokens and 49k words."""
     import torch  # lazy: `lmopt.evaluate` is imported at CLI start-up; torch takes ~1 s
-    import torch.nn.functional as F
 
-    from lmopt.models.head import head_input, head_logits, output_head
+    from lmopt.models.head import head_input, head_logits, output_head, rows_nll
 
     ids = windows.to(model.device)
     targets = ids[:, 1:].reshape(-1)  # (batch * (seq-1),)
@@ -56,13 +51,7 @@ def token_nll(model: Any, windows: Any) -> Any:
         else:
             hidden, head_fn = head_input(model, head, input_ids=ids), lambda rows: head_logits(model, head, rows)
         hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # (batch * (seq-1), d or vocab)
-        parts = []
-        for start in range(0, targets.numel(), LOGIT_ROWS):
-            # float32 log-softmax: bf16 logits lose precision in the normalizer.
-            logits = head_fn(hidden[start:start + LOGIT_ROWS]).float()
-            parts.append(F.cross_entropy(logits, targets[start:start + LOGIT_ROWS].to(logits.device),
-                                         reduction="none").double().cpu())
-    return torch.cat(parts).view(ids.shape[0], ids.shape[1] - 1)
+        return rows_nll(hidden, targets, head_fn).view(ids.shape[0], ids.shape[1] - 1)
 
 
 def window_nll(model: Any, windows: Any) -> tuple[float, int]:

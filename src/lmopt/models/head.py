@@ -49,3 +49,22 @@ def head_logits(model: Any, head: Any, hidden: torch.Tensor) -> torch.Tensor:
     logits = head(hidden)
     cap = logit_softcap(model)
     return torch.tanh(logits / cap) * cap if cap else logits
+
+
+LOGIT_ROWS = 1024
+"""Positions whose logits exist at once: 1,024 x 49,152 words is 200 MB in float32."""
+
+
+def rows_nll(hidden: torch.Tensor, targets: torch.Tensor, head_fn: Any, rows: int | None = None) -> torch.Tensor:
+    """Next-token NLL (nats, float64) of each row: cross-entropy of `head_fn(hidden rows)` against
+    `targets`, `rows` positions at a time. hidden (n, d) (or (n, vocab) with an identity `head_fn`),
+    targets (n,): the result is (n,). The log-softmax runs in float32: bf16 logits lose precision in
+    the normalizer. No gradient is kept. `rows` defaults to LOGIT_ROWS."""
+    rows = rows or LOGIT_ROWS
+    parts = []
+    with torch.no_grad():
+        for start in range(0, targets.numel(), rows):
+            logits = head_fn(hidden[start:start + rows]).float()  # (rows, vocab)
+            parts.append(torch.nn.functional.cross_entropy(
+                logits, targets[start:start + rows].to(logits.device), reduction="none").double().cpu())
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)

@@ -72,7 +72,7 @@ def run_recipe(recipe: Recipe, base_dir: Path | None = None, registry: RunRecord
         record = _cached(out) if step.cache else None
         if record is None:
             log(f"[{i + 1}/{len(steps)}] {name} ({key})")
-            record = _run_step(step, config, key, out, state, recipe, base_dir)
+            record = _run_step(step, config, key, out, state, recipe, base_dir, log)
             _record(registry, step, record, config)
         else:
             log(f"[{i + 1}/{len(steps)}] {name} ({key}): cached")
@@ -94,10 +94,10 @@ def run_recipe(recipe: Recipe, base_dir: Path | None = None, registry: RunRecord
 
 
 def _run_step(step: Step, config: Any, key: str, out: Path, state: _State, recipe: Recipe,
-              base_dir: Path) -> dict[str, Any]:
+              base_dir: Path, log: Callable[[str], Any]) -> dict[str, Any]:
     ctx = StepContext(model=state.model, data=state.data, output=out / "artifact",
                       data_dir=Path(recipe.data_dir) if recipe.data_dir else None, base_dir=base_dir,
-                      dtype=recipe.dtype)
+                      dtype=recipe.dtype, log=lambda line: log(f"  {line}"))
     started = time.time()
     shutil.rmtree(out, ignore_errors=True)  # a half-finished earlier attempt
     out.mkdir(parents=True)

@@ -171,8 +171,9 @@ class SpaceConfig(Config):
     group_sizes: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
     """Group sizes below 8 bits (8 bits is per channel, the layout of the fast int8 kernel)."""
     lm_head_bits: list[int] = Field(default_factory=lambda: [8], min_length=1)
-    """Bits of the lm_head under rtn/gptq/awq. 8 (per channel) is the default; 4 reads half the bytes per
-    decoded token (the tied 49152 x 576 lm_head of SmolLM2 is the largest single read) at a quality cost."""
+    """Bits of the lm_head under rtn/gptq/awq/rotate+gptq. 8 (per channel) is the default; 4 reads half the
+    bytes per decoded token (the tied 49152 x 576 lm_head of SmolLM2 is the largest single read) at a
+    quality cost."""
     prune: list[Literal["none", "structured", "wanda", "sparsegpt", "magnitude"]] = Field(
         default_factory=lambda: ["none", "structured"], min_length=1)
     """Pruning kinds tried. Unstructured sparsity (wanda, sparsegpt, magnitude) makes no dense CPU

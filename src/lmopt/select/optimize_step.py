@@ -31,7 +31,7 @@ def optimize_step(ctx: StepContext, config: OptimizeConfig) -> StepResult:
         fields["output"] = str(ctx.resolve_path(config.output))
     if config.data_dir is None and ctx.data_dir is not None:
         fields["data_dir"] = str(ctx.data_dir)
-    result = optimize(config.model_copy(update=fields), base_dir=ctx.base_dir, log=lambda _line: None)
+    result = optimize(config.model_copy(update=fields), base_dir=ctx.base_dir, log=ctx.log)
     best = result.best
     metrics = {"output": str(result.output), "best_trial": best["number"] if best else None,
                "pipeline": best["label"] if best else None, "feasible": bool(best and best["feasible"]),

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lmopt.errors import LmoptError
 from lmopt.hardware import detect_hardware
 from lmopt.models.load import resolve
 from lmopt.select.optimize_config import FidelityConfig, OptimizeConfig, SpaceConfig
@@ -59,13 +60,27 @@ class Candidate:
         return asdict(self)
 
 
-def model_depth(ref: str) -> int | None:
-    """Decoder layers of a local model (None when its config cannot be read, e.g. a hub id)."""
+def model_config(ref: str) -> dict[str, Any] | None:
+    """The config.json of a local model (None when it cannot be read, e.g. a hub id)."""
     where = resolve(ref)
     if isinstance(where, str) or not (where / "config.json").exists():
         return None
-    config = json.loads((where / "config.json").read_text())
-    return config.get("num_hidden_layers") or config.get("num_layers")
+    return json.loads((where / "config.json").read_text())
+
+
+def model_depth(ref: str) -> int | None:
+    """Decoder layers of a local model (None when its config cannot be read, e.g. a hub id)."""
+    config = model_config(ref)
+    return (config.get("num_hidden_layers") or config.get("num_layers")) if config else None
+
+
+def rotatable(ref: str) -> bool:
+    """Whether `rotate+gptq` can rotate this model (its model_type; unreadable configs are given the
+    benefit of the doubt: the trial then fails with the rotation's own message)."""
+    from lmopt.compress.quantize.rotate_model import SUPPORTED
+
+    config = model_config(ref)
+    return config is None or config.get("model_type") in SUPPORTED
 
 
 @dataclass(frozen=True)
@@ -77,6 +92,8 @@ class Space:
     finetune: tuple[str, ...]
     prune_layers: tuple[int, ...]
     threads: tuple[int, ...]
+    quantize: tuple[str, ...] = ()
+    """The space's methods, less rotate+gptq when a candidate model's type cannot be rotated."""
 
     @classmethod
     def build(cls, config: OptimizeConfig, models: list[str]) -> Space:
@@ -86,7 +103,12 @@ class Space:
         layers = tuple(n for n in space.prune_layers if n <= cap) or (0,)
         finetune = tuple(space.finetune) if config.train_data else ("none",)
         threads = tuple(space.threads or [detect_hardware().threads])
-        return cls(tuple(models), space, finetune, layers, threads)
+        can_rotate = all(rotatable(m) for m in models)
+        quantize = tuple(q for q in space.quantize if q != "rotate+gptq" or can_rotate)
+        if not quantize:
+            raise LmoptError("space.quantize: only rotate+gptq, which cannot rotate these models' type "
+                             "(llama, mistral and qwen2 only)")
+        return cls(tuple(models), space, finetune, layers, threads, quantize)
 
 
 def suggest(trial: Any, space: Space) -> Candidate:
@@ -100,7 +122,7 @@ def suggest(trial: Any, space: Space) -> Candidate:
         fields["prune_amount"] = pick("prune_amount", list(cfg.prune_amounts))
     if prune == "structured":
         fields["prune_layers"] = pick("prune_layers", list(space.prune_layers))
-    quantize = fields["quantize"] = pick("quantize", list(cfg.quantize))
+    quantize = fields["quantize"] = pick("quantize", list(space.quantize))
     if quantize in ("rtn", "gptq", "awq", "rotate+gptq"):
         fields["bits"] = pick("bits", list(cfg.bits))
         if fields["bits"] < 8:
@@ -126,7 +148,7 @@ def default_params(space: Space) -> list[dict[str, Any]]:
         {"prune": "structured", "prune_amount": 0.25, "prune_layers": 0, "quantize": "rtn", "bits": 8,
          "lm_head_bits": 8},
     ]
-    choices = {"prune": cfg.prune, "quantize": cfg.quantize, "bits": cfg.bits, "group_size": cfg.group_sizes,
+    choices = {"prune": cfg.prune, "quantize": space.quantize, "bits": cfg.bits, "group_size": cfg.group_sizes,
                "prune_amount": cfg.prune_amounts, "prune_layers": space.prune_layers,
                "lm_head_bits": cfg.lm_head_bits}
     return [{**common, **params} for params in wanted

@@ -103,12 +103,13 @@ class TrainConfig(Config):
     chunked_ce: bool | None = None
     """Cross-entropy fused with the output head, 1024 positions of logits at a time (`losses.chunked_ce`;
     fine-tuning only: distillation needs the whole logits); None = decided by `memory_budget_mb`."""
-    malloc_mmap_threshold_mb: float | None = Field(default=None, ge=0)
+    malloc_mmap_threshold_mb: float | None = Field(default=None, ge=0, le=32)
     """glibc only: allocations of at least this many MB get their own mapping, returned to the system on
     free, so the activations each step frees cannot pile up as heap fragmentation (measured on the 135M
     model, LoRA 4 x 512: peak 4.4 GB -> 1.8 GB for 1.3 GB of live tensors, steps ~30% slower from the
-    page faults; `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` in the environment brings that to ~9%). None = 4
-    when the memory plan turned chunking or checkpointing on; 0 = leave the allocator as it is."""
+    page faults; `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` in the environment brings that to ~9%). Applies
+    to the training loop only (`hardware.bounded_heap`). None = 4 when `memory_budget_mb` is set and
+    chunking or checkpointing is on (planned or asked for); 0 = leave the allocator as it is."""
     # --- misc ---
     mixed_precision: Literal["no", "bf16"] = "no"
     """`bf16`: autocast the forward pass to bfloat16 (master weights stay float32)."""

@@ -194,6 +194,7 @@ def distill(
             callbacks=callbacks,
             run_dir=run_path,
             label="distill",
+            plan=plan,
         )
     trained = outcome.model
     if hasattr(trained, PROJECTION):  # the hidden-state projections train with the student, not ship with it
@@ -201,5 +202,5 @@ def distill(
     _, trained = merge_adapters(trained, config)  # no separate `adapter`: an unmerged student is the model
     extra = {"teacher": teacher.ref, "loss": config.loss,
              "gradient_checkpointing": plan.gradient_checkpointing, "memory_planned_mb": plan.planned_mb,
-             "malloc_mmap_threshold_mb": plan.malloc_mmap_threshold_mb}
+             "malloc_mmap_threshold_mb": outcome.malloc_mmap_threshold_mb}
     return finish(student, trained, outcome, prepared, config, "distill", extra_metrics=extra)

@@ -85,9 +85,10 @@ def finetune(
         callbacks=callbacks,
         run_dir=run_dir,
         label="finetune",
+        plan=plan,
     )
     adapter, trained = merge_adapters(outcome.model, config)
     extra = {"chunked_ce": plan.chunked_ce, "gradient_checkpointing": plan.gradient_checkpointing,
              "memory_estimate_mb": plan.estimate_mb, "memory_planned_mb": plan.planned_mb,
-             "malloc_mmap_threshold_mb": plan.malloc_mmap_threshold_mb}
+             "malloc_mmap_threshold_mb": outcome.malloc_mmap_threshold_mb}
     return finish(model, trained, outcome, prepared, config, "finetune", adapter=adapter, extra_metrics=extra)

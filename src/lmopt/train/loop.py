@@ -52,6 +52,8 @@ class LoopOutcome:
     """Trainable weights at the best validation loss (CPU tensors), None without validation."""
     trainable: int
     peak_memory_mb: float
+    malloc_mmap_threshold_mb: float | None = None
+    """The allocator setting the loop ran under (set by `setup.run_loop`), None = glibc's own."""
 
 
 def training_device() -> Any:

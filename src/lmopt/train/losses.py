@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from lmopt.models.head import head_input as capture_head_input
-from lmopt.models.head import logit_softcap
+from lmopt.models.head import logit_softcap, rows_nll
 from lmopt.models.head import output_head as model_output_head
 
 IGNORE = -100
@@ -145,12 +145,8 @@ def chunked_ce_sum(hidden: Any, weight: Any, labels: Any, chunk: int = 1024) -> 
     flat_h, flat_t = h.reshape(-1, h.shape[-1]), target.reshape(-1)
     keep = flat_t != IGNORE
     flat_h, flat_t = flat_h[keep], flat_t[keep]  # only labelled rows need logits
-    total = 0.0
-    with torch.no_grad():
-        for start in range(0, flat_t.numel(), chunk):
-            logits = F.linear(flat_h[start:start + chunk], weight)  # (chunk, vocab)
-            total += float(F.cross_entropy(logits.float(), flat_t[start:start + chunk], reduction="sum"))
-    return total, int(flat_t.numel())
+    nll = rows_nll(flat_h, flat_t, lambda rows: F.linear(rows, weight), chunk)
+    return float(nll.sum()), int(flat_t.numel())
 
 
 def divergence(teacher_logp: Any, student_logp: Any, kind: str, beta: float = 0.5) -> Any:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from lmopt.errors import LmoptError
-from lmopt.hardware import peak_rss_mb, set_malloc_mmap_threshold
+from lmopt.hardware import bounded_heap, peak_rss_mb
 from lmopt.models import LoadedModel
 from lmopt.train.callbacks import Callback, Callbacks
 from lmopt.train.config import TrainConfig
@@ -98,7 +98,7 @@ class MemoryPlan:
     planned_mb: float
     """Estimated peak with the plan."""
     malloc_mmap_threshold_mb: float | None = None
-    """Set on glibc's malloc by `prepare_model` (`TrainConfig.malloc_mmap_threshold_mb`); None = untouched."""
+    """For glibc's malloc during the loop (`TrainConfig.malloc_mmap_threshold_mb`); None = untouched."""
 
 
 def memory_plan(model: Any, config: TrainConfig) -> MemoryPlan:
@@ -164,11 +164,8 @@ def prepare_model(model: Any, config: TrainConfig) -> Any:
     every weight trainable."""
     if config.dropout is not None:
         apply_dropout(model, config.dropout)
-    plan = memory_plan(model, config)
-    if plan.gradient_checkpointing:
+    if memory_plan(model, config).gradient_checkpointing:
         enable_checkpointing(model, config.method == "lora")
-    if plan.malloc_mmap_threshold_mb:
-        set_malloc_mmap_threshold(plan.malloc_mmap_threshold_mb)
     if config.method == "lora":
         # LoRA's A matrices are drawn here, before the loop seeds anything: seed them from the config so
         # the same config gives the same run whatever ran before in this process.
@@ -201,20 +198,24 @@ def run_loop(
     callbacks: Callback | list[Callback] | None,
     run_dir: str | Path | None,
     label: str,
+    plan: MemoryPlan | None = None,
 ) -> LoopOutcome:
     """Train `model` on `prepared` with `loss_fn` in the shared loop; returns the loop's outcome, whose
-    model holds the best weights when `config.load_best` is on and a validation ran."""
-    outcome = train_loop(
-        model,
-        prepared.train,
-        prepared.val,
-        loss_fn,
-        config,
-        collate=functools.partial(collate_batch, pad_id=pad_id),
-        callbacks=Callbacks(callbacks, label=label),
-        run_dir=Path(run_dir) if run_dir else None,
-        label=label,
-    )
+    model holds the best weights when `config.load_best` is on and a validation ran. With a `plan`, the
+    loop runs under its allocator setting; `outcome.malloc_mmap_threshold_mb` says what was applied."""
+    with bounded_heap(plan.malloc_mmap_threshold_mb if plan else None) as threshold:
+        outcome = train_loop(
+            model,
+            prepared.train,
+            prepared.val,
+            loss_fn,
+            config,
+            collate=functools.partial(collate_batch, pad_id=pad_id),
+            callbacks=Callbacks(callbacks, label=label),
+            run_dir=Path(run_dir) if run_dir else None,
+            label=label,
+        )
+    outcome.malloc_mmap_threshold_mb = threshold
     if config.load_best and outcome.best is not None:
         outcome.model.load_state_dict(outcome.best, strict=False)
     return outcome

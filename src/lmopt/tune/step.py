@@ -58,7 +58,7 @@ def job_from_step(ctx: StepContext, config: TuneStepConfig) -> TuneJob:
 def tune_step(ctx: StepContext, config: TuneStepConfig) -> StepResult:
     """Tune a training step's hyperparameters; the best model becomes the recipe's current model."""
     job = job_from_step(ctx, config)
-    result = run_job(job, log=lambda _msg: None)
+    result = run_job(job, log=ctx.log)
     metrics = {"study": result.study_name, "output": str(result.output), "best_trial": result.best_trial,
                "best_values": result.best_values, "best_params": result.best_params,
                "counts": result.counts, "pareto": result.pareto}
