@@ -16,7 +16,7 @@ import resource
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -187,7 +187,7 @@ def peak_child_rss_mb() -> float:
     return _maxrss_mb(resource.RUSAGE_CHILDREN)
 
 
-M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers in glibc's malloc.h
 MMAP_THRESHOLD_MAX_MB = 32  # glibc's ceiling on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX), where its dynamic threshold ends
 
 
@@ -216,12 +216,22 @@ def set_malloc_mmap_threshold(mb: float) -> bool:
 def bounded_heap(mb: float | None) -> Iterator[float | None]:
     """Within the block, allocations of at least `mb` MB are mapped on their own (see
     `set_malloc_mmap_threshold`); yields the threshold applied, or None (`mb` None or 0, or not glibc).
-    Afterwards the threshold is glibc's 32 MB ceiling, the value its dynamic threshold reaches in any
-    process that frees large tensors, so the rest of the process (calibration, measurement) runs as
-    it would have."""
+    Afterwards the thresholds are where glibc's dynamic ones end in any process that frees large
+    tensors (`_mallopt_ceiling`), so the rest of the process (calibration, measurement) runs as it
+    would have."""
     applied = bool(mb) and set_malloc_mmap_threshold(mb)
     try:
         yield mb if applied else None
     finally:
         if applied:
-            set_malloc_mmap_threshold(MMAP_THRESHOLD_MAX_MB)
+            _mallopt_ceiling()
+
+
+def _mallopt_ceiling() -> None:
+    """The state glibc's dynamic thresholds end in once large blocks have been freed: mmap threshold at
+    its 32 MB ceiling, trim threshold twice that (freed memory at the heap's top is kept for reuse)."""
+    import ctypes
+
+    set_malloc_mmap_threshold(MMAP_THRESHOLD_MAX_MB)
+    with suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_MAX_MB * 2**20)

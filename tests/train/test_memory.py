@@ -55,8 +55,8 @@ libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
 def kept_kb():
+    before = rss_kb()
     for _ in range(2):  # the first free of a mapped block is what raises glibc's dynamic threshold
-        before = rss_kb()
         block = libc.malloc(8 * 2**20)
         ctypes.memset(block, 1, 8 * 2**20)
         libc.free(block)

@@ -77,7 +77,7 @@ def model_depth(ref: str) -> int | None:
 def rotatable(ref: str) -> bool:
     """Whether `rotate+gptq` can rotate this model (its model_type; unreadable configs are given the
     benefit of the doubt: the trial then fails with the rotation's own message)."""
-    from lmopt.compress.quantize.rotate_model import SUPPORTED
+    from lmopt.compress.quantize.rotate_model import SUPPORTED  # lazy: imports torch
 
     config = model_config(ref)
     return config is None or config.get("model_type") in SUPPORTED
