@@ -16,7 +16,7 @@ import resource
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -191,6 +191,18 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers in gl
 MMAP_THRESHOLD_MAX_MB = 32  # glibc's ceiling on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX), where its dynamic threshold ends
 
 
+def _mallopt(param: int, value: int) -> bool:
+    """glibc's mallopt(param, value); False where there is no glibc or it refuses the value."""
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
+    import ctypes
+
+    try:
+        return bool(ctypes.CDLL(None).mallopt(param, value))
+    except (OSError, AttributeError, ctypes.ArgumentError):
+        return False
+
+
 def set_malloc_mmap_threshold(mb: float) -> bool:
     """Make glibc's malloc give every allocation of at least `mb` MB (at most 32) its own mapping,
     unmapped on free. True when applied (glibc only; elsewhere, or for a value glibc refuses, nothing
@@ -201,15 +213,7 @@ def set_malloc_mmap_threshold(mb: float) -> bool:
     fragment and stay resident: a LoRA step of 4 x 512 tokens on the 135M model peaked at 4.4 GB for
     1.3 GB of live tensors. glibc cannot return to its dynamic threshold afterwards; `bounded_heap`
     puts the ceiling back instead."""
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
-        return False
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None)
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, int(min(mb, MMAP_THRESHOLD_MAX_MB) * 2**20)))
-    except (OSError, AttributeError, ctypes.ArgumentError):
-        return False
+    return _mallopt(M_MMAP_THRESHOLD, int(min(mb, MMAP_THRESHOLD_MAX_MB) * 2**20))
 
 
 @contextmanager
@@ -217,21 +221,13 @@ def bounded_heap(mb: float | None) -> Iterator[float | None]:
     """Within the block, allocations of at least `mb` MB are mapped on their own (see
     `set_malloc_mmap_threshold`); yields the threshold applied, or None (`mb` None or 0, or not glibc).
     Afterwards the thresholds are where glibc's dynamic ones end in any process that frees large
-    tensors (`_mallopt_ceiling`), so the rest of the process (calibration, measurement) runs as it
+    tensors: mmap threshold at its 32 MB ceiling, trim threshold twice that (freed memory at the
+    heap's top is kept for reuse), so the rest of the process (calibration, measurement) runs as it
     would have."""
     applied = bool(mb) and set_malloc_mmap_threshold(mb)
     try:
         yield mb if applied else None
     finally:
         if applied:
-            _mallopt_ceiling()
-
-
-def _mallopt_ceiling() -> None:
-    """The state glibc's dynamic thresholds end in once large blocks have been freed: mmap threshold at
-    its 32 MB ceiling, trim threshold twice that (freed memory at the heap's top is kept for reuse)."""
-    import ctypes
-
-    set_malloc_mmap_threshold(MMAP_THRESHOLD_MAX_MB)
-    with suppress(OSError, AttributeError):
-        ctypes.CDLL(None).mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_MAX_MB * 2**20)
+            set_malloc_mmap_threshold(MMAP_THRESHOLD_MAX_MB)
+            _mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_MAX_MB * 2**20)

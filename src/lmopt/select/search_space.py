@@ -68,21 +68,6 @@ def model_config(ref: str) -> dict[str, Any] | None:
     return json.loads((where / "config.json").read_text())
 
 
-def model_depth(ref: str) -> int | None:
-    """Decoder layers of a local model (None when its config cannot be read, e.g. a hub id)."""
-    config = model_config(ref)
-    return (config.get("num_hidden_layers") or config.get("num_layers")) if config else None
-
-
-def rotatable(ref: str) -> bool:
-    """Whether `rotate+gptq` can rotate this model (its model_type; unreadable configs are given the
-    benefit of the doubt: the trial then fails with the rotation's own message)."""
-    from lmopt.compress.quantize.rotate_model import SUPPORTED  # lazy: imports torch
-
-    config = model_config(ref)
-    return config is None or config.get("model_type") in SUPPORTED
-
-
 @dataclass(frozen=True)
 class Space:
     """The choice lists of one study (fixed for its lifetime: Optuna needs the same choices each trial)."""
@@ -92,22 +77,25 @@ class Space:
     finetune: tuple[str, ...]
     prune_layers: tuple[int, ...]
     threads: tuple[int, ...]
-    quantize: tuple[str, ...] = ()
+    quantize: tuple[str, ...]
     """The space's methods, less rotate+gptq when a candidate model's type cannot be rotated."""
 
     @classmethod
     def build(cls, config: OptimizeConfig, models: list[str]) -> Space:
+        from lmopt.compress.quantize.rotate_model import SUPPORTED  # lazy: imports torch
+
         space = config.space
-        depths = [d for d in (model_depth(m) for m in models) if d]
+        configs = [model_config(m) for m in models]  # None: unreadable (a hub id), given the benefit of the doubt
+        depths = [d for d in (c.get("num_hidden_layers") or c.get("num_layers") for c in configs if c) if d]
         cap = min(depths) // 4 if depths else 0
         layers = tuple(n for n in space.prune_layers if n <= cap) or (0,)
         finetune = tuple(space.finetune) if config.train_data else ("none",)
         threads = tuple(space.threads or [detect_hardware().threads])
-        can_rotate = all(rotatable(m) for m in models)
+        can_rotate = all(c is None or c.get("model_type") in SUPPORTED for c in configs)
         quantize = tuple(q for q in space.quantize if q != "rotate+gptq" or can_rotate)
         if not quantize:
-            raise LmoptError("space.quantize: only rotate+gptq, which cannot rotate these models' type "
-                             "(llama, mistral and qwen2 only)")
+            raise LmoptError(f"space.quantize: only rotate+gptq, which cannot rotate these models' type "
+                             f"({', '.join(SUPPORTED)} only)")
         return cls(tuple(models), space, finetune, layers, threads, quantize)
 
 

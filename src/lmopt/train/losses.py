@@ -136,9 +136,10 @@ def head_input(model: Any, head: Any, batch: dict[str, Any]) -> Any:
     return capture_head_input(model, head, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
 
 
-def chunked_ce_sum(hidden: Any, weight: Any, labels: Any, chunk: int = 1024) -> tuple[float, int]:
-    """`ce_sum(hidden @ weight.T, labels)` holding at most `chunk` rows of logits at a time (validation
-    of a 49k-vocabulary model at batch 4 x 512 would otherwise hold 400 MB of logits, twice).
+def chunked_ce_sum(hidden: Any, weight: Any, labels: Any, chunk: int | None = None) -> tuple[float, int]:
+    """`ce_sum(hidden @ weight.T, labels)` holding at most `chunk` (default `models.head.LOGIT_ROWS`) rows
+    of logits at a time (validation of a 49k-vocabulary model at batch 4 x 512 would otherwise hold
+    400 MB of logits, twice).
 
     hidden (batch, seq, d): the head's input; weight (vocab, d). No gradient is kept."""
     h, target = hidden[:, :-1], labels[:, 1:]
