@@ -170,3 +170,33 @@ def test_task_data_shapes_and_splits(tmp_path):
         load_task_data("classify", str(bad))
     with pytest.raises(LmoptError, match="at least two labels"):
         load_task_data("classify", [{"text": "a", "label": "x"}] * 4)
+
+
+def test_a_stopped_select_resumes_from_the_rows_it_saved(tmp_path, monkeypatch):
+    import lmopt.select.selection as selection
+    from lmopt.models import save_tiny_llama
+
+    model_dir = save_tiny_llama(tmp_path / "tiny")
+    first = candidate("llama", "decoder", "zero-shot", tiny_decoder)
+    on_disk = selection.Candidate("tiny:zero-shot", "decoder", "zero-shot", ref=str(model_dir))
+    config = SelectConfig(**FAST, output=str(tmp_path / "out"))
+    measured, stop = [], [True]
+    real = selection.measure_candidate
+
+    def measure(cand, task, cfg):
+        measured.append(cand.name)
+        if cand.name == "llama:zero-shot" and stop[0]:
+            raise KeyboardInterrupt  # the run stops while measuring the second candidate
+        return real(cand, task, cfg)
+
+    monkeypatch.setattr(selection, "measure_candidate", measure)
+    with pytest.raises(KeyboardInterrupt):
+        select("classify", [on_disk, first], sentiment_rows(), "", config)
+    stop[0] = False
+    result = select("classify", [on_disk, first], sentiment_rows(), "", config, log=lambda m: None)
+    # the saved row is reused; the in-memory candidate (nothing identifies its weights) is measured
+    assert measured == ["tiny:zero-shot", "llama:zero-shot", "llama:zero-shot"]
+    assert [r["candidate"] for r in result.rows] == ["tiny:zero-shot", "llama:zero-shot"]
+    changed = SelectConfig(**{**FAST, "batch_size": 4}, output=str(tmp_path / "out"))
+    select("classify", [on_disk], sentiment_rows(), "", changed)
+    assert measured[-1] == "tiny:zero-shot" and len(measured) == 4  # other settings: measured again

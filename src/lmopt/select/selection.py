@@ -7,10 +7,16 @@ another on this machine (`selection_measure`). The recommendation is the best ca
 among those meeting every constraint, and the Pareto front over `front_metrics` shows the trade-offs;
 when none is feasible, each candidate's violated constraints say why. Nothing is decided by a fixed rule
 about families.
+
+With an `output` directory, each candidate's row is saved as soon as it is measured
+(`select.rows.json`, keyed by the config and a hash of the data): a run stopped part-way and started
+again with the same settings measures only the candidates it had not finished.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,13 +120,22 @@ def select(task_type: str | None = None, candidates: list[str | Candidate] | Non
         cfg.train_limit, cfg.eval_limit)
     before = torch.get_num_threads()
     torch.set_num_threads(cfg.threads or detect_hardware().threads)
+    progress = _Progress(Path(cfg.output) / "select.rows.json" if cfg.output else None, cfg, task)
     rows = []
     try:
         for candidate in chosen:
+            row = progress.row(candidate)
+            if row is None:
+                if log:
+                    log(f"measuring {candidate.name} ({candidate.family})")
+                torch.manual_seed(cfg.seed)
+                row = measure_candidate(candidate, task, cfg)
+                progress.save(candidate, row)
+            elif log:
+                log(f"{candidate.name}: measured by an earlier run with the same settings ({progress.path})")
             if log:
-                log(f"measuring {candidate.name} ({candidate.family})")
-            torch.manual_seed(cfg.seed)
-            rows.append(measure_candidate(candidate, task, cfg))
+                log("  " + ", ".join(f"{k}={_cell(row.get(k))}" for k in TABLE_COLUMNS[1:] if row.get(k) is not None))
+            rows.append(row)
     finally:
         torch.set_num_threads(before)
     front, recommended, reasons = choose(rows, cfg)
@@ -133,6 +148,29 @@ def select(task_type: str | None = None, candidates: list[str | Candidate] | Non
         write_json(out / "select.json", result.to_dict())
         atomic_write_text(out / "select.md", result.markdown())
     return result
+
+
+class _Progress:
+    """Rows measured so far, saved after each candidate so a stopped run resumes. A row is reused only
+    under the same config (candidates and output aside), the same data and the same model reference."""
+
+    def __init__(self, path: Path | None, cfg: SelectConfig, task: TaskData) -> None:
+        settings = {k: v for k, v in cfg.to_dict().items() if k not in ("candidates", "output")}
+        blob = json.dumps({"config": settings, "data": asdict(task)}, sort_keys=True, default=str)
+        self.path, self.key = path, hashlib.sha256(blob.encode()).hexdigest()[:16]
+        saved = json.loads(path.read_text()) if path is not None and path.exists() else {}
+        self.rows: dict[str, Any] = saved.get("rows", {}) if saved.get("key") == self.key else {}
+
+    def row(self, candidate: Candidate) -> dict[str, Any] | None:
+        entry = self.rows.get(candidate.name)
+        if entry is None or candidate.build is not None or entry["ref"] != candidate.ref:
+            return None  # in-memory candidates are always measured: nothing identifies their weights
+        return entry["row"]
+
+    def save(self, candidate: Candidate, row: dict[str, Any]) -> None:
+        if self.path is not None:
+            self.rows[candidate.name] = {"ref": candidate.ref, "row": row}
+            write_json(self.path, {"key": self.key, "rows": self.rows})
 
 
 def _need(path: str | None) -> str:

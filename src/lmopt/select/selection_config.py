@@ -63,7 +63,8 @@ class SelectConfig(Config):
     train_steps: int = Field(default=100, ge=1)
     """Optimizer steps of LoRA and encoder-decoder fine-tuning."""
     train_batch_size: int = Field(default=8, ge=1)
-    lora_lr: float = Field(default=2e-4, gt=0)
+    lora_lr: float | None = Field(default=None, gt=0)
+    """LoRA's peak learning rate (None: fine-tuning's LoRA default, `TrainConfig.DEFAULT_LR`, 1e-3)."""
     lora_r: int = Field(default=8, ge=1)
     finetune_lr: float = Field(default=5e-4, gt=0)
     """Encoder-decoder fine-tuning learning rate (every weight trains)."""
