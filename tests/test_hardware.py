@@ -1,5 +1,6 @@
 """Hardware detection and the decode roofline (weight bytes counted by brute force)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -73,6 +74,25 @@ def test_peak_rss_is_at_least_the_current_rss_and_counts_children_in_mb():
     subprocess.run([sys.executable, "-c", "x = bytearray(120 * 2**20); x[::4096] = b'1' * len(x[::4096])"],
                    check=True)
     assert 120 <= peak_child_rss_mb() <= total_mb  # KiB read as MB would be 1024x too large
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_the_peak_resets_to_the_current_size_and_a_freed_block_can_be_given_back():
+    code = """
+import json
+from lmopt.hardware import current_rss_mb, peak_rss_mb, release_free_heap, reset_peak_rss
+x = bytearray(200 * 2**20); x[::4096] = b'1' * len(x[::4096])
+high = peak_rss_mb()
+del x
+release_free_heap()
+assert reset_peak_rss()
+print(json.dumps([high, peak_rss_mb(), current_rss_mb()]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    high, peak, now = json.loads(out)
+    # the 200 MB block counted in the first peak; after its release and the reset the mark is the
+    # current size again
+    assert high >= 200 and peak < high - 150 and abs(peak - now) < 5
 
 
 @pytest.mark.gpu

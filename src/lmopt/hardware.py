@@ -10,6 +10,8 @@ torch is imported inside the functions that use it: the CLI imports this module 
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import platform
 import resource
@@ -168,18 +170,52 @@ def _maxrss_mb(who: int) -> float:
     return resource.getrusage(who).ru_maxrss / 1024 / (1024 if sys.platform == "darwin" else 1)
 
 
-def peak_rss_mb() -> float:
-    """High-water mark of this process's resident memory, in MB (includes everything loaded so far).
-
-    Linux's VmHWM first: a child started by vfork (Python's subprocess) inherits its parent's
-    ru_maxrss, so a 200 MB worker of a 1.5 GB parent would report 1.5 GB from getrusage."""
+def _status_mb(field: str) -> float | None:
+    """A memory line of /proc/self/status (VmRSS, VmHWM) in MB (of 2**20 bytes); None without /proc."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024  # kB
     except OSError:
         pass
-    return _maxrss_mb(resource.RUSAGE_SELF)
+    return None
+
+
+def peak_rss_mb() -> float:
+    """High-water mark of this process's resident memory, in MB (includes everything loaded so far,
+    or since the last `reset_peak_rss`).
+
+    Linux's VmHWM first: a child started by vfork (Python's subprocess) inherits its parent's
+    ru_maxrss, so a 200 MB worker of a 1.5 GB parent would report 1.5 GB from getrusage."""
+    peak = _status_mb("VmHWM")
+    return peak if peak is not None else _maxrss_mb(resource.RUSAGE_SELF)
+
+
+def current_rss_mb() -> float | None:
+    """This process's resident memory now, in MB; None without /proc."""
+    return _status_mb("VmRSS")
+
+
+def release_free_heap() -> None:
+    """Collect garbage and give freed heap pages back to the OS (glibc's malloc_trim), so that a
+    measurement's working memory shows as a rise of the resident size instead of reusing pages kept
+    from earlier work. Without glibc nothing is trimmed (the rise may be under-counted)."""
+    gc.collect()
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).malloc_trim(0)
+
+
+def reset_peak_rss() -> bool:
+    """Lower this process's resident-memory high-water mark to its current size (Linux: clear_refs 5);
+    False where unsupported (the mark stays the lifetime one)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
 
 
 def peak_child_rss_mb() -> float:

@@ -61,6 +61,30 @@ def test_loglik_equals_unbatched_forward(tiny):
     assert [g for _, g in expected] == [False, False, False, False, True]  # both flag values are exercised
 
 
+def test_labels_after_one_context_share_a_forward_and_the_head_sees_only_their_positions(tiny):
+    tok = tiny.tokenizer
+    labels = [w for w in (" yes", " no", " maybe", " the", " a") if len(encode_pair(tok, "Q: is it?", w)[1]) == 1]
+    assert len(labels) >= 2
+    contexts = ["Q: is it?", "Passage: the model reads this.\nQuestion: does it?\nAnswer:"]
+    requests = [(c, w) for c in contexts for w in labels] + [(contexts[0], " yes and no, in parts")]
+    calls, head_rows = [], []
+    hooks = [tiny.model.register_forward_pre_hook(lambda _m, args, kwargs: calls.append(1), with_kwargs=True),
+             tiny.model.get_output_embeddings().register_forward_hook(
+                 lambda _m, _a, out: head_rows.append(out.shape[:-1].numel()))]
+    try:
+        scores = loglikelihoods(tiny.model, tok, requests, batch_size=1)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    expected = [brute_force(tiny.model, tok, c, x) for c, x in requests]
+    for (ll, greedy), (ref_ll, ref_greedy) in zip(scores, expected, strict=True):
+        assert ll == pytest.approx(ref_ll, abs=1e-3) and greedy == ref_greedy
+    # one forward per context for the single-token labels, one for the long continuation
+    assert len(calls) == len(contexts) + 1
+    # logits only where continuation tokens are predicted: 1 row per context, n rows for the long one
+    assert sum(head_rows) == len(contexts) + len(encode_pair(tok, contexts[0], " yes and no, in parts")[1])
+
+
 def test_trailing_space_moves_to_the_continuation(tiny):
     a = encode_pair(tiny.tokenizer, "Answer: ", "yes")
     b = encode_pair(tiny.tokenizer, "Answer:", " yes")

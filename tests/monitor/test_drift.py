@@ -28,6 +28,8 @@ from lmopt.monitor.drift_windows import file_window, load_window, parse_window
 from lmopt.monitor.traffic import TrafficStore
 from lmopt.serve.telemetry import FeedbackRecord, TrafficRecord
 
+from .monitor_cli import cli
+
 RAW = {"permutations": 0, "min_requests": 1}  # the plain distances, no noise floor
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon"]
 
@@ -294,21 +296,6 @@ def test_monitor_thread_runs_checks_and_survives_errors(store, tmp_path):
 # --- the CLI ----------------------------------------------------------------------------------------
 
 
-def cli(args: list[str]) -> tuple[int, str]:
-    """Run `lmopt ...` as `lmopt.cli.main` does: (exit status, output); an LmoptError is status 2."""
-    import typer
-    from typer.testing import CliRunner
-
-    from lmopt.cli.monitoring import register
-
-    app = typer.Typer()
-    register(app)
-    result = CliRunner().invoke(app, args)
-    if isinstance(result.exception, LmoptError):
-        return 2, str(result.exception)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def test_cli_drift_between_files(tmp_path):

@@ -21,6 +21,8 @@ from lmopt.monitor.traffic import TrafficStore
 from lmopt.pipeline import one_step_recipe, run_recipe
 from lmopt.serve.telemetry import FeedbackRecord, TrafficRecord
 
+from .monitor_cli import cli
+
 FAST_TRAIN = {"method": "lora", "format": "chat", "max_steps": 2, "batch_size": 2, "seq_len": 64,
               "val_fraction": 0.0, "save_every": None, "lr": 1e-4}
 QUANTIZE = {"method": "rtn", "bits": 8, "group_size": 32}
@@ -218,21 +220,6 @@ def test_bad_input(setup, tmp_path):
         improve(config, registry=registry, traffic=store, log=lambda m: None)
 
 
-def cli(args: list[str]) -> tuple[int, str]:
-    """Run `lmopt ...` as `lmopt.cli.main` does: (exit status, output); an LmoptError is status 2."""
-    import typer
-    from typer.testing import CliRunner
-
-    from lmopt.cli.monitoring import register
-
-    app = typer.Typer()
-    register(app)
-    result = CliRunner().invoke(app, args)
-    if isinstance(result.exception, LmoptError):
-        return 2, str(result.exception)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def test_cli_improve(setup, tmp_path):

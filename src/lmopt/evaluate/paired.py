@@ -10,19 +10,16 @@ number of tokens, so the mean over windows is the overall NLL). `decode_tokens_p
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
-import gc
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from lmopt.data.tasks import MCItem
 from lmopt.data.text import pydoc_text
 from lmopt.evaluate.loglik import loglikelihoods
 from lmopt.evaluate.perplexity import token_nll, tokenize_windows
+from lmopt.hardware import current_rss_mb, peak_rss_mb, release_free_heap, reset_peak_rss
+from lmopt.models.size import weights_bytes
 
 
 def item_scores(model: Any, tokenizer: Any, items: Sequence[MCItem], *, greedy: bool = False,
@@ -91,41 +88,7 @@ def decode_tokens_per_s(model: Any, tokenizer: Any, *, prompt_len: int = 32, new
 
 def weights_mb(model: Any) -> float:
     """Bytes of parameters and buffers (each storage once: tied embeddings count once), in MB."""
-    seen, total = set(), 0
-    for tensor in [*model.parameters(), *model.buffers()]:
-        key = (tensor.device.type, tensor.untyped_storage().data_ptr())
-        if key not in seen:
-            seen.add(key)
-            total += tensor.untyped_storage().nbytes()
-    return total / 1e6
-
-
-def _rss_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _release_free_heap() -> None:
-    """Give freed heap memory back to the OS (glibc malloc_trim), so that the next pass's working
-    memory shows as a rise of the resident size instead of reusing pages kept from earlier passes."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: the rise may be under-counted
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-
-
-def _reset_peak_rss() -> bool:
-    """Reset this process's resident-memory high-water mark (Linux: clear_refs 5)."""
-    _release_free_heap()
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
+    return weights_bytes(model) / 1e6
 
 
 def peak_memory_mb(model: Any, tokenizer: Any, *, prompt_len: int = 512) -> float:
@@ -148,11 +111,11 @@ def peak_memory_mb(model: Any, tokenizer: Any, *, prompt_len: int = 512) -> floa
             model(input_ids=prompt)
         torch.cuda.synchronize()
         working = (torch.cuda.max_memory_allocated() - before) / 1e6
-    elif _reset_peak_rss():
-        before = _rss_kb("VmRSS")
+    else:
+        release_free_heap()
+        before = current_rss_mb() if reset_peak_rss() else None
         with torch.inference_mode():
             model(input_ids=prompt)
-        peak = _rss_kb("VmHWM")
-        if before is not None and peak is not None:
-            working = max(0, peak - before) * 1024 / 1e6
+        if before is not None:
+            working = max(0.0, peak_rss_mb() - before) * 2**20 / 1e6
     return weights_mb(model) + working

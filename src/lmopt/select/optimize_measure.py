@@ -31,7 +31,7 @@ from lmopt.configs import Config
 from lmopt.errors import LmoptError
 from lmopt.evaluate import run_task
 from lmopt.evaluate.speed import benchmark_speed
-from lmopt.hardware import apply_threads, peak_rss_mb
+from lmopt.hardware import apply_threads, peak_rss_mb, reset_peak_rss
 from lmopt.io import size_on_disk_mb, write_json
 from lmopt.models import count_parameters, load_model
 from lmopt.select.optimize_config import FidelityConfig
@@ -56,31 +56,10 @@ class MeasureSpec(Config):
     """Time prefill and decode (off for a quality-only reference measurement)."""
 
 
-def reset_peak_memory() -> None:
-    """Lower this process's RSS high-water mark to the current RSS (Linux; a no-op elsewhere)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
-
-
-def peak_memory_mb() -> float:
-    """This address space's RSS high-water mark in MB (VmHWM), or `peak_rss_mb()` without /proc."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return round(peak_rss_mb(), 1)
-
-
 def measure_here(spec: MeasureSpec) -> dict[str, Any]:
     """Measure in this process: `{"tasks": {task: metrics}, "decode_tok_s", ..., "seconds"}`."""
     started = time.time()
-    reset_peak_memory()
+    reset_peak_rss()
     apply_threads(spec.threads)
     loaded = load_model(spec.model, dtype=spec.dtype)
     fid = spec.fidelity
@@ -95,7 +74,7 @@ def measure_here(spec: MeasureSpec) -> dict[str, Any]:
         out.update(decode_tok_s=decode, prefill_tok_s=speed["prefill_tokens_per_s"],
                    ttft_ms=round(1000 * speed["time_to_first_token_s"], 2),
                    token_ms=round(1000 / decode, 3) if decode else None)
-    out["peak_mb"] = peak_memory_mb()
+    out["peak_mb"] = round(peak_rss_mb(), 1)
     out["tasks"] = {task: run_task(loaded, task, limit=fid.limit, seq_len=fid.seq_len, data_dir=spec.data_dir)
                     for task in spec.tasks}
     out["seconds"] = round(time.time() - started, 2)

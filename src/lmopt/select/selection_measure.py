@@ -13,47 +13,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import gc
-import re
 import time
-from pathlib import Path
 from typing import Any
 
-from lmopt.hardware import peak_rss_mb
+from lmopt.hardware import peak_rss_mb, release_free_heap, reset_peak_rss
 from lmopt.models import count_parameters
+from lmopt.models.size import weights_bytes
 from lmopt.select.selection_candidates import Candidate, check_tokenizer
 from lmopt.select.selection_data import TaskData
 from lmopt.select.selection_ways import make_way
-
-_STATUS = Path("/proc/self/status")
-_CLEAR_REFS = Path("/proc/self/clear_refs")
-
-
-def release_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the OS (glibc), so the next peak starts low."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def reset_peak() -> bool:
-    """Reset the resident-memory high-water mark to the current size (Linux); False where unsupported."""
-    try:
-        _CLEAR_REFS.write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_mb() -> float:
-    """The resident-memory high-water mark since the last `reset_peak` (Linux), else the lifetime one."""
-    try:
-        match = re.search(r"VmHWM:\s+(\d+)\s+kB", _STATUS.read_text())
-    except OSError:
-        match = None
-    return int(match.group(1)) / 1024 if match else peak_rss_mb()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -68,10 +36,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def weights_mb(model: Any, extra_bytes: int = 0) -> tuple[float, float]:
-    """(size in MB, parameters in millions) of a model's parameters and buffers."""
-    tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
-    size = sum(t.numel() * t.element_size() for t in tensors.values()) + extra_bytes
-    return size / 2**20, count_parameters(model) / 1e6
+    """(size in MB, parameters in millions) of a model's parameters and buffers (each storage once)."""
+    return (weights_bytes(model) + extra_bytes) / 1e6, count_parameters(model) / 1e6
 
 
 def _quality(way: Any, data: TaskData) -> dict[str, Any]:
@@ -85,19 +51,19 @@ def _quality(way: Any, data: TaskData) -> dict[str, Any]:
 
 def measure_candidate(candidate: Candidate, data: TaskData, cfg: Any) -> dict[str, Any]:
     """The row of the selection table for one candidate (see the module docstring)."""
-    release_memory()
+    release_free_heap()
     start = time.perf_counter()
     loaded = candidate.load(cfg.dtype)
     load_s = time.perf_counter() - start
     check_tokenizer(candidate.name, loaded.tokenizer, loaded.family, data.task_type)
     way = make_way(candidate, loaded, data, cfg)
-    reset_peak()
+    reset_peak_rss()
     start = time.perf_counter()
     adapt_info = way.adapt()  # {} when the way has nothing to train (zero-shot)
     adapt_s = time.perf_counter() - start if adapt_info else 0.0
-    adapt_peak = peak_mb() if adapt_info else None
-    release_memory()
-    reset_peak()
+    adapt_peak = peak_rss_mb() if adapt_info else None
+    release_free_heap()
+    reset_peak_rss()
     start = time.perf_counter()
     quality = _quality(way, data)
     eval_s = time.perf_counter() - start
@@ -112,11 +78,11 @@ def measure_candidate(candidate: Candidate, data: TaskData, cfg: Any) -> dict[st
     row = {
         "candidate": candidate.name, "family": candidate.family, "way": candidate.way, **quality,
         "latency_p50_ms": round(percentile(latencies, 50), 2), "latency_p99_ms": round(percentile(latencies, 99), 2),
-        "throughput_items_s": round(len(data.eval) / eval_s, 3), "peak_mb": round(peak_mb(), 1),
+        "throughput_items_s": round(len(data.eval) / eval_s, 3), "peak_mb": round(peak_rss_mb(), 1),
         "size_mb": round(size_mb, 2), "adapt_s": round(adapt_s, 2), "params_m": round(params_m, 2),
         "load_s": round(load_s, 2), "adapt_peak_mb": None if adapt_peak is None else round(adapt_peak, 1),
         "eval_items": len(data.eval), "latency_items": len(latencies), **adapt_info,
     }
     del way, loaded
-    release_memory()
+    release_free_heap()
     return row
