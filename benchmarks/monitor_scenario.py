@@ -18,6 +18,7 @@
     .venv/bin/python benchmarks/monitor_scenario.py --no-serve --seeds 5           # drift calibration only:
         prompts recorded straight into the store, reference answers as responses; no model, ~1 minute
     .venv/bin/python benchmarks/monitor_scenario.py --drift-only --null 600        # steps 1-4 only (served)
+    .venv/bin/python benchmarks/monitor_scenario.py --null 400 --train-steps 40    # every step, ~30 minutes
 """
 
 from __future__ import annotations
@@ -214,7 +215,8 @@ def improve_phase(store: Any, registry: Any, window: str, suite: Path, scale: di
     from lmopt.monitor.config import ImproveConfig
     from lmopt.monitor.improve import improve
 
-    train = {"method": "lora", "format": "chat", "lr": 2e-4, "lora_r": 16, "lora_alpha": 32, "val_fraction": 0.0,
+    # LoRA at fine-tuning's default rate for LoRA (TrainConfig.DEFAULT_LR)
+    train = {"method": "lora", "format": "chat", "lora_r": 16, "lora_alpha": 32, "val_fraction": 0.0,
              "save_every": None, **scale["train"]}
     config = ImproveConfig(feedback=window, suite=str(suite), min_rows=4, finetune=train, workdir=str(root / "improve"),
                            require_better=["perplexity/heldout.txt"],
@@ -248,6 +250,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     scale, data = dict(SCALES[args.scale]), splits(args.seed)
     if args.null is not None:
         scale["null"] = args.null
+    if args.train_steps is not None:
+        scale["train"] = {**scale["train"], "max_steps": args.train_steps}
     root = Path(tempfile.mkdtemp(prefix="lmopt-monitor-scenario-"))
     registry = Registry(f"sqlite:///{root / 'registry.db'}")
     enable_alias_references(registry.url)
@@ -298,6 +302,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1, help="Streams to simulate with --no-serve.")
     parser.add_argument("--drift-only", action="store_true", help="Serve and check drift; no improve, no gate.")
     parser.add_argument("--null", type=int, default=None, help="In-distribution requests (default: the scale's).")
+    parser.add_argument("--train-steps", type=int, default=None, help="LoRA steps of improve (default: the scale's).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rate-share", type=float, default=0.3, help="Share of answers users rate.")
     parser.add_argument("--f1", type=float, default=0.2, help="Token F1 against the reference for a +1.")
