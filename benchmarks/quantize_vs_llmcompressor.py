@@ -4,15 +4,18 @@ Three stages, two Python environments (llm-compressor pins transformers and comp
 other than lmopt's, so it lives in its own venv):
 
     .venv/bin/python benchmarks/quantize_vs_llmcompressor.py prepare --work DIR
-    LLMC/bin/python  benchmarks/quantize_vs_llmcompressor.py llmc --work DIR       # in llm-compressor's venv
-    .venv/bin/python benchmarks/quantize_vs_llmcompressor.py evaluate --work DIR [--windows 4]
+    LLMC/bin/python  benchmarks/quantize_vs_llmcompressor.py llmc --work DIR [--group 64]  # llm-compressor's venv
+    .venv/bin/python benchmarks/quantize_vs_llmcompressor.py evaluate --work DIR [--group 64] [--windows 4]
 
 `prepare` saves the embedded SmolLM2-135M-Instruct in float32 (`DIR/fp32`) and the calibration windows
 lmopt's GPTQ fits on with its defaults (`DIR/windows.pt`: the `mix`, 128 x 512 tokens, the 16 held-out
 safeguard windows removed). `llmc` runs llm-compressor's `oneshot` with `GPTQModifier` (its defaults
-apart from the scheme: W4A16_ASYM and W4A16, both group 128; lm_head ignored) on exactly those windows
-and saves each result's Linear weights (de-quantized values; the script checks that each row really holds
-at most 16 levels per group). `evaluate` quantizes with lmopt's GPTQ at the same bits, group, symmetry
+apart from the quantization: int4 weights in groups of `--group`, asymmetric and symmetric; lm_head
+ignored) on exactly those windows and saves each result's Linear weights (de-quantized values; the
+script checks that every row holds at most 16 levels per group's worth of columns: quantized, though
+not a proof of the group layout). The group is 64, not lmopt's default 128: SmolLM2's 576-wide inputs
+are not a multiple of 128, which lmopt handles with a shorter last group and llm-compressor refuses.
+`evaluate` quantizes with lmopt's GPTQ at the same bits, group, symmetry
 and lm_head (unquantized), once with its defaults (the safeguard draws its 16 held-out windows beside the
 same 128) and once on the same 128 windows with the safeguard off, adds RTN and fp32, and measures every
 model with `lmopt.evaluate.perplexity` on the three domains of `quantize_rotation.py` (the first
@@ -28,7 +31,7 @@ import os
 import time
 from pathlib import Path
 
-SCHEMES = {"asym": "W4A16_ASYM", "sym": "W4A16"}
+SYMMETRY = {"asym": False, "sym": True}
 
 
 def prepare(work: Path) -> None:
@@ -49,14 +52,15 @@ def prepare(work: Path) -> None:
     print(f"saved {work / 'fp32'} and {tuple(fit.shape)} windows ({drawn.parts})")
 
 
-def levels_ok(weight, group: int = 128) -> bool:  # noqa: ANN001
-    """Every row holds at most 16 distinct values per 128 columns (a 4-bit grid, any column order)."""
+def levels_ok(weight, group: int) -> bool:  # noqa: ANN001
+    """Sampled rows hold at most 16 distinct values per `group` columns (quantized to 4 bits, in any
+    column order; a sanity check, not a proof of the group layout)."""
     rows, cols = weight.shape
     groups = -(-cols // group)
     return all(len(weight[r].unique()) <= 16 * groups for r in range(0, rows, max(1, rows // 64)))
 
 
-def run_llmc(work: Path) -> None:
+def run_llmc(work: Path, group: int) -> None:
     import torch
     from datasets import Dataset
     from llmcompressor import oneshot
@@ -66,24 +70,26 @@ def run_llmc(work: Path) -> None:
 
     windows = torch.load(work / "windows.pt")
     data = Dataset.from_dict({"input_ids": windows.tolist(), "attention_mask": torch.ones_like(windows).tolist()})
-    for name, scheme in SCHEMES.items():
+    for name, symmetric in SYMMETRY.items():
         model = AutoModelForCausalLM.from_pretrained(work / "fp32", dtype=torch.float32)
+        scheme = {"targets": ["Linear"], "weights": {"num_bits": 4, "type": "int", "symmetric": symmetric,
+                                                     "strategy": "group", "group_size": group}}
         started = time.time()
-        oneshot(model=model, dataset=data, recipe=GPTQModifier(targets="Linear", scheme=scheme, ignore=["lm_head"]),
+        oneshot(model=model, dataset=data, recipe=GPTQModifier(config_groups={"group_0": scheme}, ignore=["lm_head"]),
                 num_calibration_samples=windows.shape[0], max_seq_length=windows.shape[1])
         seconds = time.time() - started
         weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()
                    if k.endswith("_proj.weight")}
-        bad = [k for k, v in weights.items() if not levels_ok(v.float())]
+        bad = [k for k, v in weights.items() if not levels_ok(v.float(), group)]
         if bad:
-            raise SystemExit(f"{scheme}: not on a 4-bit grid: {bad[:3]}")
-        save_file(weights, str(work / f"llmc-{name}.safetensors"))
-        (work / f"llmc-{name}.json").write_text(json.dumps({"scheme": scheme, "seconds": round(seconds, 1),
-                                                            "tensors": len(weights)}))
-        print(f"{scheme}: {len(weights)} tensors on a 4-bit grid, {seconds:.0f} s")
+            raise SystemExit(f"{name}: not on a 4-bit grid: {bad[:3]}")
+        save_file(weights, str(work / f"llmc-{name}-g{group}.safetensors"))
+        (work / f"llmc-{name}-g{group}.json").write_text(json.dumps({"seconds": round(seconds, 1),
+                                                                     "tensors": len(weights)}))
+        print(f"{name} g{group}: {len(weights)} tensors on a 4-bit grid, {seconds:.0f} s (oneshot, set-up included)")
 
 
-def evaluate(work: Path, windows: int) -> None:
+def evaluate(work: Path, windows: int, group: int) -> None:
     import copy
 
     import torch
@@ -110,27 +116,28 @@ def evaluate(work: Path, windows: int) -> None:
         print(label, rows[-1], flush=True)
 
     measure("fp32", loaded.model, {})
-    for name, scheme in SCHEMES.items():
-        sym = name == "sym"
+    for name, sym in SYMMETRY.items():
         model = copy.deepcopy(loaded.model)
-        model.load_state_dict(load_file(str(work / f"llmc-{name}.safetensors")), strict=False)
-        info = json.loads((work / f"llmc-{name}.json").read_text())
-        measure(f"llm-compressor GPTQ {scheme}", model, {"seconds": info["seconds"]})
+        weights = load_file(str(work / f"llmc-{name}-g{group}.safetensors"))
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if unexpected or len(weights) != sum(k.endswith("_proj.weight") for k in model.state_dict()):
+            raise SystemExit(f"llm-compressor weights do not match the model: unexpected {unexpected[:3]}")
+        measure(f"llm-compressor GPTQ ({name})", model, {})
         for label, config, given in (
-                ("lmopt GPTQ defaults", GPTQConfig(bits=4, group_size=128, sym=sym, lm_head_bits=None), None),
+                ("lmopt GPTQ defaults", GPTQConfig(bits=4, group_size=group, sym=sym, lm_head_bits=None), None),
                 ("lmopt GPTQ same 128 windows, no safeguard",
-                 GPTQConfig(bits=4, group_size=128, sym=sym, lm_head_bits=None, safeguard=False), fit),
-                ("lmopt RTN", RTNConfig(bits=4, group_size=128, sym=sym, lm_head_bits=None), None)):
+                 GPTQConfig(bits=4, group_size=group, sym=sym, lm_head_bits=None, safeguard=False), fit),
+                ("lmopt RTN", RTNConfig(bits=4, group_size=group, sym=sym, lm_head_bits=None), None)):
             model = copy.deepcopy(loaded.model)
-            started = time.time()
             quantize(model, config, windows=given, tokenizer=loaded.tokenizer)
-            measure(f"{label} ({name})", model, {"seconds": round(time.time() - started, 1)})
+            measure(f"{label} ({name})", model, {})
     print("| model | " + " | ".join(texts) + " |\n|---|" + "---|" * len(texts))
     base = rows[0]
     for row in rows:
         print(f"| {row['model']} | " + " | ".join(f"{row[d]:.2f} (x{row[d] / base[d]:.3f})" for d in texts) + " |")
     print(json.dumps({"rows": rows, "cpu": detect_hardware().cpu, "threads": torch.get_num_threads(),
-                      "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "windows": windows}))
+                      "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "windows": windows,
+                      "group": group}))
 
 
 def main() -> None:
@@ -138,11 +145,12 @@ def main() -> None:
     parser.add_argument("stage", choices=["prepare", "llmc", "evaluate"])
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--windows", type=int, default=4)
+    parser.add_argument("--group", type=int, default=64)
     args = parser.parse_args()
     os.environ.setdefault("LMOPT_QUIET", "1")
     args.work.mkdir(parents=True, exist_ok=True)
-    {"prepare": lambda: prepare(args.work), "llmc": lambda: run_llmc(args.work),
-     "evaluate": lambda: evaluate(args.work, args.windows)}[args.stage]()
+    {"prepare": lambda: prepare(args.work), "llmc": lambda: run_llmc(args.work, args.group),
+     "evaluate": lambda: evaluate(args.work, args.windows, args.group)}[args.stage]()
 
 
 if __name__ == "__main__":

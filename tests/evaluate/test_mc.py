@@ -85,6 +85,34 @@ def test_labels_after_one_context_share_a_forward_and_the_head_sees_only_their_p
     assert sum(head_rows) == len(contexts) + len(encode_pair(tok, contexts[0], " yes and no, in parts")[1])
 
 
+def test_continuations_of_different_lengths_ending_one_row_share_its_forward(tiny):
+    tok = tiny.tokenizer
+    requests = [("The quick brown", " fox"), ("The quick", " brown fox"), ("The", " quick brown fox")]
+    rows = {tuple((c + x)[:-1]) for c, x in (encode_pair(tok, *r) for r in requests)}
+    assert len(rows) == 1  # the same tokens whatever the split
+    calls = []
+    hook = tiny.model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        scores = loglikelihoods(tiny.model, tok, requests)
+    finally:
+        hook.remove()
+    assert len(calls) == 1
+    for (ll, greedy), (ref_ll, ref_greedy) in zip(scores, [brute_force(tiny.model, tok, *r) for r in requests],
+                                                  strict=True):
+        assert ll == pytest.approx(ref_ll, abs=1e-3) and greedy == ref_greedy
+
+
+def test_a_rescaled_head_falls_back_to_the_models_logits(tiny):
+    from lmopt.models.head import output_head
+
+    assert output_head(tiny.model) is tiny.model.get_output_embeddings()
+    tiny.model.config.logit_scale = 0.5  # as Cohere's forward multiplies the head's output
+    try:
+        assert output_head(tiny.model) is None
+    finally:
+        del tiny.model.config.logit_scale
+
+
 def test_trailing_space_moves_to_the_continuation(tiny):
     a = encode_pair(tiny.tokenizer, "Answer: ", "yes")
     b = encode_pair(tiny.tokenizer, "Answer:", " yes")

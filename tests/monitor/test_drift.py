@@ -296,8 +296,6 @@ def test_monitor_thread_runs_checks_and_survives_errors(store, tmp_path):
 # --- the CLI ----------------------------------------------------------------------------------------
 
 
-
-
 def test_cli_drift_between_files(tmp_path):
     def write(name, prompts):
         path = tmp_path / name

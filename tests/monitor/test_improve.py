@@ -220,8 +220,6 @@ def test_bad_input(setup, tmp_path):
         improve(config, registry=registry, traffic=store, log=lambda m: None)
 
 
-
-
 def test_cli_improve(setup, tmp_path):
     registry, store, config = setup
     path = tmp_path / "improve.yaml"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from types import SimpleNamespace
 
@@ -200,3 +201,12 @@ def test_a_stopped_select_resumes_from_the_rows_it_saved(tmp_path, monkeypatch):
     changed = SelectConfig(**{**FAST, "batch_size": 4}, output=str(tmp_path / "out"))
     select("classify", [on_disk], sentiment_rows(), "", changed)
     assert measured[-1] == "tiny:zero-shot" and len(measured) == 4  # other settings: measured again
+    select("classify", [on_disk], sentiment_rows(), "", changed)
+    assert len(measured) == 4  # ... and saved under them
+    weights = next(model_dir.glob("*.safetensors"))
+    os.utime(weights, (weights.stat().st_atime, weights.stat().st_mtime + 10))
+    select("classify", [on_disk], sentiment_rows(), "", changed)
+    assert len(measured) == 5  # the weights changed on disk: measured again
+    (tmp_path / "out" / "select.rows.json").write_text("{not json")
+    select("classify", [on_disk], sentiment_rows(), "", changed)
+    assert len(measured) == 6  # an unreadable file is ignored, not an error

@@ -42,7 +42,7 @@ def loglikelihoods(
     """For each (context, continuation): (sum of log p(continuation tokens), greedy-match flag)."""
     import torch  # lazy: `lmopt.evaluate` is imported at CLI start-up; torch takes ~1 s
 
-    from lmopt.models.head import head_input, head_logits, output_head  # lazy: imports torch
+    from lmopt.models.head import head_input, output_head  # lazy: imports torch
 
     encoded = [encode_pair(tokenizer, c, x) for c, x in requests]
     # the model's input for a request: context + continuation, cut to the window, minus the last token
@@ -69,18 +69,31 @@ def loglikelihoods(
             out = head_input(model, head, **feed) if head is not None else model(**feed).logits
             for j, row in enumerate(rows):
                 served = users[row]
-                n_max, length = max(len(encoded[i][1]) for i in served), len(row)
-                # logits at position t predict token t+1: a continuation's n tokens are predicted by
-                # positions length-n .. length-1
-                last = out[j, length - n_max:length]
-                logits = head_logits(model, head, last) if head is not None else last
-                logprobs = torch.log_softmax(logits.float(), dim=-1)  # (n_max, vocab)
-                for i in served:
-                    n = len(encoded[i][1])
-                    target = torch.tensor(encoded[i][1], device=logprobs.device)
-                    mine = logprobs[n_max - n:]
-                    results[i] = (float(mine.gather(-1, target.unsqueeze(-1)).sum()),
-                                  bool((mine.argmax(-1) == target).all()))
+                for i, score in zip(served, _score_row(model, head, out[j, :len(row)],
+                                                       [encoded[i][1] for i in served]), strict=True):
+                    results[i] = score
         if progress:
             progress(sum(len(users[row]) for row in rows))
     return results
+
+
+def _score_row(model: Any, head: Any, out: Any, continuations: list[list[int]]) -> list[tuple[float, bool]]:
+    """(log p, greedy) of each continuation whose tokens end one input row. out (length, d) hidden
+    states or (length, vocab) logits of the row; position t predicts token t+1, so a continuation of n
+    tokens is predicted by positions length-n .. length-1. A continuation longer than the row (cut to
+    the model's window) is scored on the tokens the row still predicts."""
+    import torch  # lazy: see loglikelihoods
+
+    from lmopt.models.head import head_logits  # lazy: imports torch
+
+    length = out.shape[0]
+    n_max = min(length, max(len(c) for c in continuations))
+    last = out[length - n_max:]
+    logprobs = torch.log_softmax((head_logits(model, head, last) if head is not None else last).float(), dim=-1)
+    scores = []
+    for cont in continuations:
+        n = min(len(cont), n_max)
+        target = torch.tensor(cont[len(cont) - n:], device=logprobs.device)
+        mine = logprobs[n_max - n:]  # (n, vocab)
+        scores.append((float(mine.gather(-1, target.unsqueeze(-1)).sum()), bool((mine.argmax(-1) == target).all())))
+    return scores

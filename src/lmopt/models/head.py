@@ -12,10 +12,18 @@ from typing import Any
 
 import torch
 
+POST_HEAD_SCALES = ("logit_scale", "logits_scaling", "lm_head_multiplier")
+"""Config fields of families whose forward rescales the head's output (Cohere, Granite, Falcon-H1):
+`head_logits` does not reproduce them, so such models are given no head and callers use `.logits`."""
+
 
 def output_head(model: Any) -> Any:
-    """The output projection module of a (possibly DDP- or peft-wrapped) causal LM, or None."""
+    """The output projection module of a (possibly DDP- or peft-wrapped) causal LM, or None (none
+    found, or a model whose logits are rescaled after the head, see `POST_HEAD_SCALES`)."""
     inner = getattr(model, "module", model)  # DDP / accelerate wrappers
+    config = getattr(inner, "config", None)
+    if any(getattr(config, name, None) not in (None, 1, 1.0) for name in POST_HEAD_SCALES):
+        return None
     return inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
 
 

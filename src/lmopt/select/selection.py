@@ -150,27 +150,48 @@ def select(task_type: str | None = None, candidates: list[str | Candidate] | Non
     return result
 
 
+ROWS_VERSION = 1
+"""Raise when what a row holds or how it is measured changes: saved rows of another version are not reused."""
+
+
 class _Progress:
     """Rows measured so far, saved after each candidate so a stopped run resumes. A row is reused only
-    under the same config (candidates and output aside), the same data and the same model reference."""
+    under the same rows version, config (candidates and output aside), data, model reference and
+    weights (the reference's files: sizes and modification times). An unreadable file is ignored."""
 
     def __init__(self, path: Path | None, cfg: SelectConfig, task: TaskData) -> None:
         settings = {k: v for k, v in cfg.to_dict().items() if k not in ("candidates", "output")}
-        blob = json.dumps({"config": settings, "data": asdict(task)}, sort_keys=True, default=str)
+        blob = json.dumps({"version": ROWS_VERSION, "config": settings, "data": asdict(task)}, sort_keys=True,
+                          default=str)
         self.path, self.key = path, hashlib.sha256(blob.encode()).hexdigest()[:16]
-        saved = json.loads(path.read_text()) if path is not None and path.exists() else {}
-        self.rows: dict[str, Any] = saved.get("rows", {}) if saved.get("key") == self.key else {}
+        try:
+            saved = json.loads(path.read_text()) if path is not None and path.exists() else {}
+            rows = saved["rows"] if isinstance(saved, dict) and saved.get("key") == self.key else {}
+        except (OSError, ValueError, KeyError):
+            rows = {}
+        self.rows: dict[str, Any] = rows if isinstance(rows, dict) else {}
 
     def row(self, candidate: Candidate) -> dict[str, Any] | None:
         entry = self.rows.get(candidate.name)
-        if entry is None or candidate.build is not None or entry["ref"] != candidate.ref:
+        if candidate.build is not None or not isinstance(entry, dict):
             return None  # in-memory candidates are always measured: nothing identifies their weights
-        return entry["row"]
+        if entry.get("ref") != candidate.ref or entry.get("stamp") != _stamp(candidate.ref):
+            return None
+        return entry.get("row")
 
     def save(self, candidate: Candidate, row: dict[str, Any]) -> None:
         if self.path is not None:
-            self.rows[candidate.name] = {"ref": candidate.ref, "row": row}
+            self.rows[candidate.name] = {"ref": candidate.ref, "stamp": _stamp(candidate.ref), "row": row}
             write_json(self.path, {"key": self.key, "rows": self.rows})
+
+
+def _stamp(ref: str | None) -> list[list[Any]]:
+    """(name, size, mtime) of a model reference's file, or of the files directly in its directory."""
+    if ref is None or not Path(ref).exists():
+        return []
+    path = Path(ref)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    return [[p.name, p.stat().st_size, int(p.stat().st_mtime)] for p in files]
 
 
 def _need(path: str | None) -> str:

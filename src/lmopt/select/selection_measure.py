@@ -8,7 +8,8 @@
 - `peak_mb`: the process's peak resident memory while serving (evaluation and latency), the high-water
   mark reset after adaptation (Linux `/proc/self/clear_refs`; elsewhere the lifetime peak, an upper
   bound); `adapt_peak_mb` the same during adaptation;
-- `size_mb`: the weights in memory (parameters and buffers x element size, a probe head included).
+- `size_mb`: the weights in memory in MB (each storage of the parameters and buffers once, a probe head
+  included; `models.size.weights_bytes`).
 """
 
 from __future__ import annotations
