@@ -138,3 +138,23 @@ def test_diff_names_the_step_config_data_and_figures(family, reg):
     assert diff.fields["step"] == [None, "quantize"]
     assert diff.figures["ppl"] == {"a": 12.0, "b": 12.5, "delta": 0.5}
     assert diff.figures["acc"]["delta"] is None  # only one side has it
+
+
+def test_parent_named_by_the_embedded_model_is_registered(family, reg, monkeypatch, tmp_path):
+    """A model quantized from `smollm2-135m-instruct` names its parent by that name, not a path: the
+    name resolves to the converted directory and lineage reaches it (the float source `improve` needs)."""
+    import lmopt.models.load as load
+
+    base, _ = family
+    monkeypatch.setattr(load, "embedded_gguf_path", lambda: base / "model.gguf")  # never read
+    monkeypatch.setattr(load, "converted_dir", lambda *a, **k: base)
+    loaded = load_model(base, dtype="float32")
+    card = ModelCard(name="embedded-rtn-w8", parent=load.EMBEDDED_ALIAS, parent_hash=content_hash(base),
+                     step="quantize", config={"method": "rtn", "bits": 8})
+    child = save_model(loaded.model, loaded.tokenizer, tmp_path / "child", card)
+    register_model(child, reg)
+    assert [r.hash for r in lineage(child, reg)] == [content_hash(child), content_hash(base)]
+    # A parent that no longer resolves ends the lineage instead of failing the registration.
+    gone = ModelCard(name="orphan", parent=str(tmp_path / "deleted"), step="quantize")
+    orphan = save_model(loaded.model, loaded.tokenizer, tmp_path / "orphan", gone)
+    assert [r.hash for r in lineage(register_model(orphan, reg).hash, reg)] == [content_hash(orphan)]

@@ -126,8 +126,8 @@ def register_model(ref: str | Path, registry: Registry | str | None = None, *, n
 
 def _register_parents(card: ModelCard, reg: Registry) -> None:
     for _ in range(MAX_PARENT_DEPTH):
-        parent = Path(card.parent).expanduser() if card.parent and not card.parent.startswith("@") else None
-        if parent is None or not (parent / "config.json").exists():
+        parent = _local_parent(card.parent)
+        if parent is None:
             return
         digest = content_hash(parent)
         if reg.model_rows(digest):
@@ -136,6 +136,17 @@ def _register_parents(card: ModelCard, reg: Registry) -> None:
         reg.upsert_model({"hash": digest, "name": card.name or parent.name, "path": str(parent.resolve()),
                           "parent": card.parent, "parent_hash": card.parent_hash, "step": card.step,
                           "format": card.format, "lineage": lineage_of(card), "figures": card.metrics})
+
+
+def _local_parent(ref: str | None) -> Path | None:
+    """The card's parent as a local model directory (a path, or a name such as the embedded model's), else None."""
+    if not ref or ref.startswith("@"):
+        return None
+    try:
+        where = resolve(ref)
+    except LmoptError:
+        return None  # moved or deleted since: the lineage stops here
+    return where if isinstance(where, Path) and (where / "config.json").exists() else None
 
 
 def _record(row: dict[str, Any], aliases: dict[str, str]) -> ModelRecord:
