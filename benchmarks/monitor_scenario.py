@@ -18,7 +18,7 @@
     .venv/bin/python benchmarks/monitor_scenario.py --no-serve --seeds 5           # drift calibration only:
         prompts recorded straight into the store, reference answers as responses; no model, ~1 minute
     .venv/bin/python benchmarks/monitor_scenario.py --drift-only --null 600        # steps 1-4 only (served)
-    .venv/bin/python benchmarks/monitor_scenario.py --null 400 --train-steps 40    # every step, ~30 minutes
+    .venv/bin/python benchmarks/monitor_scenario.py --null 400                     # every step, ~20 minutes
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 DATA = Path(os.environ.get("LMOPT_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 SCALES = {  # requests per phase, drift window, check period, feedback share, training
     "full": {"reference": 400, "null": 2000, "shift": 300, "window": 200, "every": 20, "max_tokens": 48,
-             "train": {"max_steps": 150, "batch_size": 8, "seq_len": 256}, "windows": 24, "arc": 200},
+             "train": {"seq_len": 256}, "windows": 24, "arc": 200},
     "tiny": {"reference": 60, "null": 120, "shift": 60, "window": 40, "every": 10, "max_tokens": 8,
              "train": {"max_steps": 2, "batch_size": 2, "seq_len": 64}, "windows": 4, "arc": 0},
 }
@@ -212,12 +212,12 @@ def suite_file(root: Path, heldout: Path, scale: dict) -> Path:
 
 def improve_phase(store: Any, registry: Any, window: str, suite: Path, scale: dict, root: Path) -> dict[str, Any]:
     from lmopt.cli.monitoring import run_recipe_map
-    from lmopt.monitor.config import ImproveConfig
+    from lmopt.monitor.config import ImproveConfig, default_finetune
     from lmopt.monitor.improve import improve
 
-    # LoRA at fine-tuning's default rate for LoRA (TrainConfig.DEFAULT_LR)
-    train = {"method": "lora", "format": "chat", "lora_r": 16, "lora_alpha": 32, "val_fraction": 0.0,
-             "save_every": None, **scale["train"]}
+    # improve's own fine-tuning defaults (LoRA r 16, lr 2e-4, 2 epochs over the feedback rows), no
+    # validation split or checkpoints (a few dozen rows), the scale's sequence length and step cap
+    train = {**default_finetune().to_dict(), "val_fraction": 0.0, "save_every": None, **scale["train"]}
     config = ImproveConfig(feedback=window, suite=str(suite), min_rows=4, finetune=train, workdir=str(root / "improve"),
                            require_better=["perplexity/heldout.txt"],
                            data_dir=str(DATA) if DATA.is_dir() else None)
@@ -302,7 +302,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1, help="Streams to simulate with --no-serve.")
     parser.add_argument("--drift-only", action="store_true", help="Serve and check drift; no improve, no gate.")
     parser.add_argument("--null", type=int, default=None, help="In-distribution requests (default: the scale's).")
-    parser.add_argument("--train-steps", type=int, default=None, help="LoRA steps of improve (default: the scale's).")
+    parser.add_argument("--train-steps", type=int, default=None,
+                        help="Cap on improve's LoRA steps (default: its 2 epochs over the feedback rows).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rate-share", type=float, default=0.3, help="Share of answers users rate.")
     parser.add_argument("--f1", type=float, default=0.2, help="Token F1 against the reference for a +1.")

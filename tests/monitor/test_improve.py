@@ -99,7 +99,13 @@ def test_rated_rows_become_training_data():
     rows, counts = feedback_rows(rated, min_rating=0.5)
     # a: its latest rating (0.2) is below 0.5; b: a later plain rating keeps its correction; c: bad, no correction
     assert rows == [{"prompt": "Q b", "response": "the right one"}, {"prompt": "sys\nQ d", "response": "fine"}]
-    assert counts == {"rated": 4, "corrections": 1, "well_rated": 1, "left_out": 2}
+    assert counts == {"rated": 4, "corrections": 1, "well_rated": 1, "truncated": 0, "left_out": 2}
+    # a well-rated answer the server cut at max_tokens is not a complete answer to learn from;
+    # a correction of a cut answer is
+    cut = [{**rated[0], "finish_reason": "length"}, {**rated[1], "finish_reason": "length"}]
+    rows, counts = feedback_rows(cut, min_rating=0.5)
+    assert rows == [{"prompt": "Q b", "response": "the right one"}]
+    assert counts == {"rated": 2, "corrections": 1, "well_rated": 0, "truncated": 1, "left_out": 0}
     rows, _ = feedback_rows(rated[:1], min_rating=0.5)
     assert rows == [{"prompt": "Q a", "response": "good\nanswer"}]  # blank lines folded (clean writes fields back)
 
@@ -119,7 +125,7 @@ def test_dry_run_plans_and_changes_nothing(setup, tmp_path):
     report = improve(config, registry=registry, traffic=store, dry_run=True, log=lambda m: None)
     plan = report.plan
     assert report.dry_run and not report.promoted and aliases(registry) == before
-    assert plan.feedback == {"rated": 26, "corrections": 5, "well_rated": 17, "left_out": 4, "rows": 22}
+    assert plan.feedback == {"rated": 26, "corrections": 5, "well_rated": 17, "truncated": 0, "left_out": 4, "rows": 22}
     assert [next(iter(s)) for s in plan.recipe["steps"]] == ["clean", "finetune", "quantize"]
     assert any(name.startswith("mc:") for name in plan.recipe["steps"][0]["clean"]["decontaminate"])
     assert "pydoc" in plan.recipe["steps"][0]["clean"]["decontaminate"]

@@ -58,7 +58,7 @@ class Plan:
     replay: list[dict[str, Any]]
     """Compression steps re-applied after fine-tuning, oldest first: {step: config}."""
     feedback: dict[str, int]
-    """Counts: rated, corrections, well_rated, left_out, rows."""
+    """Counts: rated, corrections, well_rated, truncated (well rated but cut at max_tokens), left_out, rows."""
     recipe: dict[str, Any]
     suite: str
     alias: str

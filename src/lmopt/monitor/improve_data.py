@@ -4,7 +4,9 @@
 store (`lmopt.monitor.drift_windows` specs, applied to the time of the rating) and turns each rated
 response into at most one `{"prompt", "response"}` row:
 - a correction (the answer the user wanted) becomes the response, whatever the rating;
-- otherwise a response rated at least `min_rating` is kept as served;
+- otherwise a response rated at least `min_rating` is kept as served, unless the server cut it at
+  `max_tokens` (finish reason `length`): trained on with the chat template's end of turn, a cut answer
+  teaches the model to stop mid-sentence, so it is left out and counted as `truncated`;
 - anything else (a bad rating without a correction) teaches nothing and is left out.
 A response rated more than once counts by its latest correction, else its latest rating.
 Blank lines inside a field are folded to single newlines, so `lmopt.data.clean` (which joins the
@@ -61,12 +63,15 @@ def feedback_rows(rated: list[dict[str, Any]], min_rating: float = 0.5,
         if old is not None and old.get("correction") and not row.get("correction"):
             row = {**row, "correction": old["correction"]}
         latest[row["response_id"]] = row
-    rows, counts = [], {"rated": len(latest), "corrections": 0, "well_rated": 0, "left_out": 0}
+    rows, counts = [], {"rated": len(latest), "corrections": 0, "well_rated": 0, "truncated": 0, "left_out": 0}
     for row in latest.values():
         prompt = _fold(_user_text(row))
         if corrections and (row.get("correction") or "").strip():
             answer, kind = row["correction"], "corrections"
         elif row["rating"] >= min_rating and (row.get("response") or "").strip():
+            if row.get("finish_reason") == "length":
+                counts["truncated"] += 1
+                continue
             answer, kind = row["response"], "well_rated"
         else:
             counts["left_out"] += 1
