@@ -214,3 +214,23 @@ def test_kernel_plan_names_each_layer_class(tiny):
     assert by_layer["lm_head"]["format"] == "int8 per-channel"
     assert sum(r["count"] for r in rows) == 2 * 7 + 1
     json.dumps(rows)  # printable as JSON by `lmopt hw` / `lmopt bench --json`
+
+
+@pytest.mark.parametrize("bits,group,sym", [(4, 32, False), (8, 0, True), (8, 0, False)])
+def test_direct_gives_forward_s_values_at_every_row_count(bits, group, sym):
+    """The hot-loop closure calls the kernel itself for the first row range and hands everything else
+    (more rows, 3-D or fp32 inputs, asymmetric int8's correction) to forward: the same values."""
+    torch.manual_seed(0)
+    qw = rtn_quantize(torch.randn(64, 96) * 0.1, bits, group, sym)
+    layer = QuantLinear.from_codes(qw.q, qw.scale, qw.zero, bits, qw.group_size)
+    backend = "int4" if bits == 4 else "int8"
+    assert layer.prepare(backend, dense_rows=4) == backend
+    run = layer.direct()
+    for x in [torch.randn(rows, 96, dtype=torch.bfloat16) for rows in (1, 4, 5, 20)] + \
+             [torch.randn(2, 3, 96, dtype=torch.bfloat16), torch.randn(1, 96)]:
+        assert torch.equal(run(x), layer(x))
+    layer.prepare("dequant")  # a re-prepare after the closure was made takes effect
+    x = torch.randn(1, 96, dtype=torch.bfloat16)
+    assert torch.equal(run(x), layer(x))
+    with_bias = QuantLinear.from_codes(qw.q, qw.scale, qw.zero, bits, qw.group_size, bias=torch.randn(64))
+    assert with_bias.direct() == with_bias.forward

@@ -8,6 +8,7 @@ from lmopt.serve.attention import (
     apply_rotary,
     decode_attention,
     decode_mask,
+    one_row_rms_norm,
     prefill_attention,
     prefill_mask,
     reference_attention,
@@ -58,3 +59,29 @@ def test_rotary_matches_transformers() -> None:
     tables = rotary_tables(cos, sin)
     torch.testing.assert_close(apply_rotary(q, *tables), ref_q[0].transpose(0, 1))
     torch.testing.assert_close(apply_rotary(k, *tables), ref_k[0].transpose(0, 1))
+
+
+def test_one_decode_row_without_mask_matches_brute_force() -> None:
+    q, k, v = _qkv(1, 9)
+    out = decode_attention(q, k[None], v[None], None, 0.25)
+    torch.testing.assert_close(out[0], reference_attention(q, k, v, 8, 0.25)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_one_row_rms_norm_matches_transformers_rounding() -> None:
+    """Against HF's LlamaRMSNorm before its weight (fp32 normalize, one rounding to bf16): the same
+    bf16 values (at most 1 ulp apart on rare ties), also for rows of large and tiny magnitude."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    hf = LlamaRMSNorm(576, eps=1e-5).to(torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    exact = total = 0
+    for scale in (1e-3, 1.0, 30.0):
+        for _ in range(50):
+            x = (torch.randn(1, 576, generator=g) * scale).to(torch.bfloat16)
+            with torch.no_grad():
+                ours, ref = one_row_rms_norm(x, 1e-5), hf(x)  # its weight is ones: the norm alone
+            assert ours.dtype == ref.dtype == torch.bfloat16
+            torch.testing.assert_close(ours.float(), ref.float(), rtol=2 ** -7, atol=0)  # <= 1 bf16 ulp
+            exact += int((ours == ref).sum())
+            total += ref.numel()
+    assert exact / total > 0.999

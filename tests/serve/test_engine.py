@@ -139,6 +139,9 @@ def test_quantized_model_runs_its_fast_kernels_and_matches_its_own_generate() ->
     prompts = _prompts([5, 12, 9])
     outs = engine.generate(prompts, SamplingParams(max_tokens=8, temperature=0))
     assert [o.token_ids for o in outs] == [_reference(loaded.model, p, 8) for p in prompts]
+    # one request alone: every decode step is a single bf16 row (one-row norm, no mask, kernel direct)
+    alone = engine.generate([prompts[1]], SamplingParams(max_tokens=12, temperature=0))[0]
+    assert alone.token_ids == _reference(loaded.model, prompts[1], 12)
     dense = [m for m in loaded.model.modules() if type(m).__name__ == "QuantLinear" and m.cache_dense]
     assert len(dense) == backends.get("int4", 0) + backends.get("int8", 0)  # prompt chunks: dense copy
     q_proj, fused = loaded.model.model.layers[0].self_attn.q_proj, engine.runner.qkv[0].inner

@@ -23,13 +23,13 @@ int4/int8 kernel up to `dense_rows` rows (they are fast for a few rows, slow for
 bf16 weight above.
 
 What serving uses (so it needs no private fields): `stack` (one layer for q/k/v or gate/up),
-`keep_dense_copy`, `dense_weight`, `is_fast`, `plan`.
+`keep_dense_copy`, `dense_weight`, `is_fast`, `plan`, `direct`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -228,3 +228,26 @@ class QuantLinear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.run_path(self.plan.path(x.numel() // x.shape[-1]), x).to(x.dtype)
         return y + self.bias.to(y.dtype) if self.bias is not None else y
+
+    def direct(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`forward` for a hot loop (the serving engine's decode): a 2-D bf16 input within the plan's
+        first row range calls the int4/int8 kernel straight away, anything else goes to `forward`.
+        `forward`'s dispatch (plan lookup, path checks, reshapes, dtype casts) costs 6-13 us per call
+        at 1 row against 14-57 us of kernel (BENCHMARKS.md), 120 calls per token in SmolLM2."""
+        if self.bias is not None or self.act_quant:
+            return self.forward
+        forward, bf16 = self.forward, torch.bfloat16
+        int4_mm = getattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu", None)  # None: no such backend
+        int8_mm = getattr(torch.ops.aten, "_weight_int8pack_mm", None)
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            # read per call: a later re-plan or re-prepare takes effect
+            (limit, path), kernel = self.plan.tiers[0], self._kernel
+            if path != self.backend or x.dim() != 2 or x.shape[0] > limit or x.dtype != bf16:
+                return forward(x)
+            if path == "int4":
+                return int4_mm(x.contiguous(), kernel["weight"], kernel["group"], kernel["scales_zeros"])
+            if path == "int8" and "offset" not in kernel:  # symmetric codes: no rank-one correction
+                return int8_mm(x.contiguous(), kernel["weight"], kernel["scale"])
+            return forward(x)
+        return run
