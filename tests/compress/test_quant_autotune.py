@@ -219,7 +219,7 @@ def test_kernel_plan_names_each_layer_class(tiny):
 @pytest.mark.parametrize("bits,group,sym", [(4, 32, False), (8, 0, True), (8, 0, False)])
 def test_direct_gives_forward_s_values_at_every_row_count(bits, group, sym):
     """The hot-loop closure calls the kernel itself for the first row range and hands everything else
-    (more rows, 3-D or fp32 inputs, asymmetric int8's correction) to forward: the same values."""
+    (more rows, 3-D or fp32 inputs) to forward; asymmetric int8 adds forward's correction: the same values."""
     torch.manual_seed(0)
     qw = rtn_quantize(torch.randn(64, 96) * 0.1, bits, group, sym)
     layer = QuantLinear.from_codes(qw.q, qw.scale, qw.zero, bits, qw.group_size)

@@ -13,10 +13,10 @@ import torch
 import lmopt.serve
 from lmopt.compress.quantize import RTNConfig, prepare_runtime, quantize
 from lmopt.compress.quantize import autotune as at
-from lmopt.compress.quantize.runtime import QuantLinear
+from lmopt.compress.quantize.runtime import QuantLinear, keep_dense_weights
 from lmopt.models import tiny_llama
 from lmopt.serve.config import EngineConfig
-from lmopt.serve.engine import Engine, keep_dense_weights
+from lmopt.serve.engine import Engine
 from lmopt.serve.sampling import SamplingParams
 
 SERVE_DIR = Path(lmopt.serve.__file__).parent

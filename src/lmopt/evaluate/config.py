@@ -36,3 +36,6 @@ class BenchConfig(Config):
     """Repeats of each measurement (the median is reported)."""
     measure_bandwidth: bool = True
     """Measure memory bandwidth and report the decode roofline."""
+    dense_copies: bool = True
+    """Quantized models: also measure prefill with de-quantized bf16 copies of the weights kept for
+    prompt-sized inputs (what `lmopt serve` does: faster prompts, more memory), and their size."""

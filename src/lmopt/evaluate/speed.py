@@ -5,6 +5,11 @@
   so prompt processing is not counted as decoding.
 - time to first token: the batch-1 generate of 1 new token (prompt processing + one step).
 - peak RSS: the process's high-water mark (includes everything loaded so far).
+- quantized models (`QuantLinear` layers), with `dense_copies`: prefill again with a de-quantized bf16
+  copy of each weight kept for prompt-sized inputs, as the serving engine keeps them
+  (`prefill_tokens_per_s_dense_copies`, and the copies' `dense_copies_mb`), measured after the peak
+  RSS above and freed afterwards. As loaded, the dense paths de-quantize on every call: a 4-bit model
+  keeps its small memory and prefills slower than the bf16 model (BENCHMARKS.md).
 
 torch is imported inside the functions: `lmopt.evaluate` is imported at CLI start-up (its config
 module sits in this package), and importing torch takes about a second.
@@ -60,6 +65,7 @@ def benchmark_speed(
     repeats: int = 3,
     path: str | Path | None = None,
     bandwidth_gbs: float | None = None,
+    dense_copies: bool = True,
 ) -> dict[str, Any]:
     """Measure the figures listed in the module docstring; returns a flat dict."""
     import torch  # lazy: start-up cost (module docstring)
@@ -88,9 +94,29 @@ def benchmark_speed(
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "prefill_len": prefill_len, "prompt_len": prompt_len, "new_tokens": new_tokens,
     })
+    if dense_copies:
+        result.update(_prefill_with_dense_copies(model, prefill, repeats))
     if bandwidth_gbs:
         roof = decode_roofline(model, bandwidth_gbs)
         result["bandwidth_gbs"] = round(bandwidth_gbs, 2)
         result["decode_roofline_tokens_per_s"] = round(roof, 2)
         result["roofline_fraction_bs1"] = round(result["decode_tokens_per_s_bs1"] / roof, 3)
     return result
+
+
+def _prefill_with_dense_copies(model: Any, prefill: Any, repeats: int) -> dict[str, Any]:
+    """Prefill rate with the quantized layers' dense copies kept, and their size; {} for a float model."""
+    import torch  # lazy: start-up cost (module docstring)
+
+    from lmopt.compress.quantize.runtime import dense_copy_mb, drop_dense_weights, keep_dense_weights
+
+    if not keep_dense_weights(model):
+        return {}
+    try:
+        with torch.inference_mode():
+            model(input_ids=prefill)  # warm-up
+            seconds = _median_time(lambda: model(input_ids=prefill), repeats)
+        return {"prefill_tokens_per_s_dense_copies": round(prefill.shape[1] / seconds, 2),
+                "dense_copies_mb": round(dense_copy_mb(model), 1)}
+    finally:
+        drop_dense_weights(model)

@@ -26,7 +26,7 @@ def bench_step(ctx: StepContext, config: BenchConfig) -> StepResult:
     speed = benchmark_speed(loaded.model, loaded.tokenizer, prefill_len=config.prefill_len,
                             prompt_len=config.prompt_len, new_tokens=config.new_tokens,
                             batch_sizes=tuple(config.batch_sizes), repeats=config.repeats,
-                            path=loaded.path, bandwidth_gbs=bandwidth)
+                            path=loaded.path, bandwidth_gbs=bandwidth, dense_copies=config.dense_copies)
     return StepResult(metrics={"speed": speed, "kernels": kernel_plan(loaded.model)}, model_hash=loaded.hash)
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lmopt.compress.quantize.runtime import QuantLinear
+from lmopt.compress.quantize.runtime import keep_dense_weights
 from lmopt.hardware import apply_threads
 from lmopt.serve.config import EngineConfig
 from lmopt.serve.kv_cache import slots_for_memory
@@ -287,14 +287,6 @@ def _completion(outputs: list[RequestOutput]) -> Completion:
     last = outputs[-1]
     return Completion("".join(o.text for o in outputs), [t for o in outputs for t in o.token_ids],
                       last.finish_reason or "abort", last.prompt_tokens)
-
-
-def keep_dense_weights(model: Any) -> int:
-    """Let every quantized linear (`QuantLinear`) keep a dense copy of its weight wherever its plan
-    runs a dense path (prompt chunks on int4/int8 kernels; every row count where the measured plan
-    says dense is faster, e.g. group-wise int8, which has no low-bit kernel) instead of
-    de-quantizing it on each call; returns how many were switched."""
-    return sum(module.keep_dense_copy() for module in model.modules() if isinstance(module, QuantLinear))
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

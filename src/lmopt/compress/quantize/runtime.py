@@ -38,7 +38,13 @@ import torch.nn.functional as F
 
 from lmopt.compress.quantize.algorithms import dequantize
 from lmopt.compress.quantize.autotune import DENSE, KERNELS, Plan, default_plan, tune
-from lmopt.compress.quantize.kernels import build_kernel, fake_quant_activation, pick_backend, run_kernel
+from lmopt.compress.quantize.kernels import (
+    CORRECTION_BLOCK,
+    build_kernel,
+    fake_quant_activation,
+    pick_backend,
+    run_kernel,
+)
 from lmopt.compress.quantize.packing import pack_bits, packed_width, unpack_bits
 
 BACKENDS = ("auto", "int4", "int8", "w8a8", "dequant")
@@ -154,6 +160,15 @@ class QuantLinear(torch.nn.Module):
         self._replan()
         return True
 
+    def drop_dense_copy(self) -> bool:
+        """Undo `keep_dense_copy`: free the dense copy and re-plan as the loader prepared the layer
+        (dense paths de-quantize per call). False when no copy was allowed."""
+        if not self.cache_dense:
+            return False
+        self.cache_dense = False
+        self._replan()
+        return True
+
     def dense_weight(self) -> torch.Tensor | None:
         """The dense copy (N, K) the plan's dense path uses, or None when none is kept."""
         return self._dense
@@ -247,7 +262,33 @@ class QuantLinear(torch.nn.Module):
                 return forward(x)
             if path == "int4":
                 return int4_mm(x.contiguous(), kernel["weight"], kernel["group"], kernel["scales_zeros"])
-            if path == "int8" and "offset" not in kernel:  # symmetric codes: no rank-one correction
-                return int8_mm(x.contiguous(), kernel["weight"], kernel["scale"])
-            return forward(x)
+            offset = kernel.get("offset")  # asymmetric int8 codes: forward's rank-one correction, as one block
+            if path != "int8" or (offset is not None and x.shape[0] * self.out_features > CORRECTION_BLOCK):
+                return forward(x)
+            y = int8_mm(x.contiguous(), kernel["weight"], kernel["scale"])
+            return y if offset is None else (y.float() - x.float().sum(-1, keepdim=True) * offset).to(bf16)
         return run
+
+
+def keep_dense_weights(model: Any) -> int:
+    """Let every quantized linear (`QuantLinear`) keep a dense copy of its weight wherever its plan
+    runs a dense path (prompt chunks on int4/int8 kernels; every row count where the measured plan
+    says dense is faster, e.g. group-wise int8, which has no low-bit kernel) instead of
+    de-quantizing it on each call; returns how many were switched. The serving engine does this;
+    `lmopt bench` measures prefill both ways."""
+    return sum(module.keep_dense_copy() for module in model.modules() if isinstance(module, QuantLinear))
+
+
+def drop_dense_weights(model: Any) -> int:
+    """Undo `keep_dense_weights`; returns how many layers gave their copy back."""
+    return sum(module.drop_dense_copy() for module in model.modules() if isinstance(module, QuantLinear))
+
+
+def dense_copy_mb(model: Any) -> float:
+    """Memory held by the quantized layers' dense copies, MB (a storage shared by stacked layers once)."""
+    storages = {}
+    for module in model.modules():
+        if isinstance(module, QuantLinear) and module.dense_weight() is not None:
+            storage = module.dense_weight().untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values()) / 1e6
