@@ -85,3 +85,15 @@ def test_one_row_rms_norm_matches_transformers_rounding() -> None:
             exact += int((ours == ref).sum())
             total += ref.numel()
     assert exact / total > 0.999
+
+
+def test_kv_cache_write_one_stores_what_write_stores() -> None:
+    from lmopt.serve.kv_cache import KVCache
+
+    a, b = (KVCache(2, 3, 2, 8, 4, torch.bfloat16) for _ in range(2))
+    v = torch.randn(1, 2, 4).to(torch.bfloat16)
+    kt = torch.randn(1, 4, 2).to(torch.bfloat16).transpose(1, 2)  # a strided view, as the runner's k is
+    a.write(1, torch.tensor([2]), torch.tensor([5]), kt, v)
+    b.write_one(1, 2, 5, kt[0], v[0])
+    assert all(torch.equal(x, y) for x, y in zip(a.k + a.v, b.k + b.v, strict=True))
+    assert torch.equal(b.k[1][2, :, 5], kt[0]) and torch.equal(b.v[1][2, :, 5], v[0])

@@ -56,6 +56,12 @@ class KVCache:
         self.k[layer][slots, :, positions] = k
         self.v[layer][slots, :, positions] = v
 
+    def write_one(self, layer: int, slot: int, position: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store one token's k, v (KVH, D) at (slot, position): plain indexing, a third of `write`'s
+        index_put cost with index tensors, which a batch-1 decode pays twice per layer per token."""
+        self.k[layer][slot, :, position] = k
+        self.v[layer][slot, :, position] = v
+
     def move(self, src: int, dst: int, length: int) -> None:
         """Copy the first `length` cached tokens of slot src into slot dst (compaction)."""
         for cache in self.k + self.v:

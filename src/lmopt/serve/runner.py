@@ -147,7 +147,10 @@ class ModelRunner:
             if plan.qk_norm is not None:  # qwen3 normalizes q and k per head before the rotation
                 q, k = plan.qk_norm[0](q), plan.qk_norm[1](k)
             q, k = apply_rotary(q, *step.rope), apply_rotary(k, *step.rope)
-        cache.write(layer_idx, step.slots, step.positions, k, v)
+        if step.one is not None:  # a single token (batch-1 decode): (slot, position) as ints
+            cache.write_one(layer_idx, *step.one, k[0], v[0])
+        else:
+            cache.write(layer_idx, step.slots, step.positions, k, v)
         kc, vc = cache.k[layer_idx], cache.v[layer_idx]
         parts = []
         if step.num_decode:
@@ -244,6 +247,8 @@ class _Step:
     contiguous: bool
     segments: list[Segment]
     segment_masks: list[torch.Tensor]
+    one: tuple[int, int] | None = None
+    """(slot, position) when the iteration holds a single token."""
 
     @classmethod
     def build(cls, inp: StepInputs, x: torch.Tensor, rotary: Any, groups: int) -> _Step:
@@ -259,8 +264,9 @@ class _Step:
         masks = [prefill_mask(s.start, s.length, groups, dev) for s in inp.segments]
         # Compact slots usually put decode rows at 0..b-1: then K/V is a view, not a gather copy.
         contiguous = inp.slots[:b] == list(range(b))
+        one = (inp.slots[0], inp.positions[0]) if len(inp.tokens) == 1 else None
         return cls(positions, slots, rotary_tables(cos[0], sin[0]), b, mask, slots[:b], span, contiguous,
-                   inp.segments, masks)
+                   inp.segments, masks, one)
 
     def decode_kv(self, kc: torch.Tensor, vc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, KVH, span, D) views (or gathers) of the decode rows' cache."""
