@@ -65,7 +65,10 @@ def _grid(w: torch.Tensor, shrink: float, bits: int, sym: bool) -> tuple[torch.T
     maxq = 2 ** bits - 1
     if sym:
         absmax = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) * shrink
-        scale = absmax / (2 ** (bits - 1) - 1)
+        # 2^(bits-1) - 0.5 steps each side: every code -2^(bits-1)..2^(bits-1)-1 is used (16 levels at 4
+        # bits, not 15), +absmax clamps to the top code. GPTQ's reference and compressed-tensors use this
+        # grid; it lowered W4 g64 perplexity on all three test domains (BENCHMARKS.md, eighth session).
+        scale = absmax / (2 ** (bits - 1) - 0.5)
         return scale, torch.full_like(scale, 2 ** (bits - 1))
     lo = w.amin(dim=1, keepdim=True).clamp(max=0) * shrink  # the grid always holds 0 exactly
     hi = w.amax(dim=1, keepdim=True).clamp(min=0) * shrink
@@ -106,8 +109,8 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_s
 
 def rtn_quantize(w: torch.Tensor, bits: int, group_size: int | None = None,
                  sym: bool = False, clip: float = 0.0) -> QuantizedWeight:
-    """Round-to-nearest: each group's grid spans its min..max (asym) or +-absmax (sym), shrunk
-    by the best factor in [1 - clip, 1] when `clip` > 0 (see `grid_params`)."""
+    """Round-to-nearest: each group's grid spans its min..max (asym) or -absmax..+absmax (sym, all 2^bits
+    levels), shrunk by the best factor in [1 - clip, 1] when `clip` > 0 (see `grid_params`)."""
     w = w.float()
     g = effective_group(w.shape[1], group_size)
     scale, zero = grouped_params(w, bits, g, sym, clip)
