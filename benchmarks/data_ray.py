@@ -41,6 +41,14 @@ class MemorySampler(threading.Thread):
     def __init__(self, period: float = 0.2) -> None:
         super().__init__(daemon=True)
         self.period, self.stop, self.peak = period, threading.Event(), {"driver": 0, "worker": 0, "tree": 0}
+        self.cpu: dict[int, tuple[str, float]] = {}  # pid -> (class, CPU seconds when last seen)
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds by process class (driver, Ray workers, Ray's own processes) over the sampled run."""
+        out: dict[str, float] = {}
+        for cls, seconds in self.cpu.values():
+            out[cls] = round(out.get(cls, 0.0) + seconds, 1)
+        return out
 
     def run(self) -> None:
         import psutil
@@ -52,8 +60,11 @@ class MemorySampler(threading.Thread):
                 try:
                     rss = proc.memory_info().rss
                     name = " ".join(proc.cmdline()[:1])
+                    times = proc.cpu_times()
                 except psutil.Error:
                     continue
+                cls = "driver" if proc.pid == me.pid else "ray workers" if name.startswith("ray::") else "ray system"
+                self.cpu[proc.pid] = (cls, times.user + times.system)
                 total += rss
                 if proc.pid == me.pid:
                     self.peak["driver"] = max(self.peak["driver"], rss)
@@ -87,7 +98,6 @@ def one_run(corpus: Path, engine: str, workers: int, data_dir: str, output: Path
     times: dict[str, float] = {}
     graph: dict[str, int] = {}
     sampler = MemorySampler()
-    sampler.start()
     startup = 0.0
     if engine == "ray":
         import ray
@@ -110,6 +120,9 @@ def one_run(corpus: Path, engine: str, workers: int, data_dir: str, output: Path
 
         ray_dedup._components = sized
     cfg = CleanConfig(engine=engine, workers=workers, pii={"enabled": True}, decontaminate=TASKS)
+    sampler.start()
+    sampler.join(0.5)  # a first sample: CPU seconds spent before the run are subtracted below
+    before = sampler.cpu_seconds()
     started = time.perf_counter()
     result = clean(corpus, cfg, output=output, data_dir=data_dir)
     seconds = time.perf_counter() - started
@@ -121,7 +134,8 @@ def one_run(corpus: Path, engine: str, workers: int, data_dir: str, output: Path
            "kept": result.report.rows_out, "removed": result.report.removed,
            "peak_driver_mb": round(sampler.peak["driver"] / 2**20), "peak_worker_mb":
            round(sampler.peak["worker"] / 2**20), "peak_tree_mb": round(sampler.peak["tree"] / 2**20),
-           "output_sha256": hashlib.sha256(output.read_bytes()).hexdigest()}
+           "output_sha256": hashlib.sha256(output.read_bytes()).hexdigest(),
+           "cpu_seconds": {k: round(v - before.get(k, 0.0), 1) for k, v in sampler.cpu_seconds().items()}}
     if engine == "ray":
         other = ("index", "plan", "dedup_total", "write")
         stages = {"index": times.get("index", 0.0), "plan": times.get("plan", 0.0),
@@ -180,6 +194,7 @@ def main() -> None:
     for r in runs[:2]:
         print(f"ray, {r['workers']} worker(s): seconds per stage {r['stage_seconds']}")
         print(f"    CPU-us per document {r['stage_cpu_us_per_doc']}; candidate graph {r['candidate_graph']}")
+        print(f"    CPU seconds during the run by process class: {r['cpu_seconds']}")
     ratio = runs[1]["docs_per_s"] / runs[0]["docs_per_s"]
     same = len({r["output_sha256"] for r in runs}) == 1
     print(f"ray 2 / 1 worker speed ratio: {ratio:.2f}x; outputs of every run identical: {same}")

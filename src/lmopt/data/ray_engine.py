@@ -1,12 +1,15 @@
 """`clean(data, CleanConfig(engine="ray"))`: the cleaning pipeline on Ray Data, equal to the local one row for row.
 
 Stages (Ray Data operators, streaming with backpressure; "groupby" is a shuffle by key):
-1. read: input shards (`ray_read`) -> raw records in source order (tasks, `workers` at a time).
+1. read: input shards (`ray_read`) -> raw records in source order.
 2. process: `clean.process_record` on every document, in `workers` tasks at a time: filters, PII,
-   exact key, MinHash signature. Materialized: Ray's object store spills to disk past its memory.
+   exact key, MinHash signature. With at least as many shards as workers a task reads and processes
+   whole shards; with fewer, reading runs in tasks of its own and the workers share its blocks.
+   Materialized: Ray's object store spills to disk past its memory.
 3. candidates, as scaled MinHash dedup finds them: each live document goes into one bucket per LSH band
-   (bucket = hash(band index, band values)) and one for its exact key; groupby(bucket) gives edges from
-   each bucket's first document to the others; the driver keeps the distinct edges and labels their
+   (bucket = hash(band index, band values)) and one for its exact key; a shuffle by bucket (by bucket
+   mod a group count, so each group is one vectorized call) gives edges from each bucket's first
+   document to the others; the driver keeps the distinct edges and labels their
    connected components (scipy). Only documents sharing a bucket with another are in that graph.
 4. verdicts: groupby(component) runs the local engine's streaming dedup (exact keys, then
    `NearDeduper`) over each component in source order. A document's verdict depends only on earlier
@@ -187,15 +190,47 @@ def _columns(cols: dict[str, list]) -> dict[str, np.ndarray]:
 
 def _process_batch(batch: dict[str, np.ndarray], config: dict[str, Any], index: Any,
                    as_json: bool) -> dict[str, np.ndarray]:
-    """`process_record` on each raw record of the batch, out as the columns the later stages read."""
-    cfg, index = CleanConfig.parse(config), _worker_index(index)
+    """`process_record` on each raw record of a batch `_read` gave."""
+    events = [(int(order), int(line), bad or Record(*_unpack(blob, int(line))))
+              for order, line, bad, blob in zip(batch["order"], batch["line"], batch["bad"], batch["rec"],
+                                                strict=True)]
+    return _processed(events, CleanConfig.parse(config), _worker_index(index), as_json)
+
+
+class _ReadAndProcess:
+    """`_read` and `_process_batch` in one Ray actor, `chunk` events at a time: no record is pickled
+    between them, a worker's CPU slot covers its reading too, and the actor, unlike a task per shard,
+    has its next shard queued when one ends (no idle gap while the driver schedules)."""
+
+    def __init__(self, shards: list[Shard], text_field: Any, chunk: int, config: dict[str, Any], index: Any,
+                 as_json: bool) -> None:
+        self.shards, self.text_field, self.chunk, self.as_json = shards, text_field, chunk, as_json
+        self.cfg, self.index = CleanConfig.parse(config), _worker_index(index)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        for i in batch["shard"]:
+            shard, events = self.shards[int(i)], []
+            for seq, (line, value) in enumerate(shard_events(shard, self.text_field)):
+                events.append(((shard.index << ORDER_BITS) + seq, line, value))
+                if len(events) >= self.chunk:
+                    yield _processed(events, self.cfg, self.index, self.as_json)
+                    events = []
+            if events:
+                yield _processed(events, self.cfg, self.index, self.as_json)
+
+
+def _processed(events: list[tuple[int, int, Record | str]], cfg: CleanConfig, index: EvalIndex | None,
+               as_json: bool) -> dict[str, np.ndarray]:
+    """The columns the later stages read, for events (order, line, a record or a bad row's reason)."""
     empty = {**dict.fromkeys(COLUMNS, ""), "row": "" if as_json else b"", "key": b"", "sig": b"",
              "words_before": 0, "words_after": 0, "boilerplate": 0, "normalized": False}
     cols: dict[str, list] = {k: [] for k in COLUMNS}
-    for order, line, bad, blob in zip(batch["order"], batch["line"], batch["bad"], batch["rec"], strict=True):
-        values = {**empty, "order": int(order), "line": int(line), "bad": bad}
-        if not bad:
-            values.update(_document(Record(*_unpack(blob, int(line))), cfg, index, as_json))
+    for order, line, value in events:
+        values = {**empty, "order": order, "line": line}
+        if isinstance(value, Record):
+            values.update(_document(value, cfg, index, as_json))
+        else:
+            values["bad"] = value
         for k in COLUMNS:
             cols[k].append(values[k])
     return _columns(cols) if cols["order"] else {}
@@ -239,11 +274,15 @@ def _process(shards: list[Shard], cfg: CleanConfig, index: EvalIndex | None, wor
     import ray.data  # lazy: optional dependency
 
     ds = ray.data.from_items([{"shard": s.index} for s in shards], override_num_blocks=len(shards))
-    # Reading takes no CPU slot, so it is never fused with the processing (whose tasks then share the
-    # blocks of one big shard) and never waits behind it.
+    index_ref = ray.put(index)  # one copy in the object store, read by every task
+    if len(shards) >= workers:  # every worker gets whole shards: read and process in one actor each
+        return ds.map_batches(_ReadAndProcess, batch_size=1, num_cpus=1, concurrency=workers,
+                              fn_constructor_args=(shards, cfg.text_field, cfg.chunk_size, cfg.to_dict(),
+                                                   index_ref, as_json))
+    # Fewer shards than workers (one csv, a .gz, a small list): reading takes no CPU slot, so it is not
+    # fused with the processing, whose tasks then share the blocks of the one shard.
     ds = ds.map_batches(_read, batch_size=1, fn_args=(shards, cfg.text_field, cfg.chunk_size),
                         num_cpus=0, concurrency=min(workers, len(shards)))
-    index_ref = ray.put(index)  # one copy in the object store, read by every task
     return ds.map_batches(_process_batch, batch_size=cfg.chunk_size, batch_format="numpy",
                           fn_args=(cfg.to_dict(), index_ref, as_json), num_cpus=1, concurrency=workers)
 

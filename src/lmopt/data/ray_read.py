@@ -27,7 +27,7 @@ from lmopt.data.load import Record, RecordStream, open_records
 
 MIN_SHARD_BYTES = 16 * 1024
 MAX_SHARD_BYTES = 64 * 1024 * 1024
-SHARDS_PER_WORKER = 4
+SHARDS_PER_WORKER = 16  # the last shards to finish leave at most 1/16 of a worker's share idle
 LOCAL_COUNT_BYTES = 1 << 30
 ITEMS_PER_SHARD = 4096
 Event = tuple[int, "Record | str"]

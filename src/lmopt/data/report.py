@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
 
 from lmopt.io import atomic_path, atomic_write_text, write_json
@@ -107,7 +105,10 @@ class CleanReport:
 
     def plot(self, path: str | Path) -> Path:
         """Before/after histograms of the length in words (log x axis), as a PNG."""
+        import matplotlib  # lazy: 0.25 s that every Ray worker importing `clean` would pay
+
         matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
         edges = np.concatenate([[0.5], BINS, [BINS[-1] * 1.33]])
         fig, ax = plt.subplots(figsize=(7, 3.5))
         ax.stairs(self.hist_before, edges, label=f"before ({self.rows_in})", fill=True, alpha=0.4)
