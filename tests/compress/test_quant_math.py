@@ -73,6 +73,28 @@ def test_packing_round_trip_and_size(bits):
     assert torch.equal(unpack_bits(packed, bits, 45), q)
 
 
+def test_four_bit_unpacking_reads_the_bits_one_by_one_as_packed():
+    """`unpack_bits`' nibble path against brute force: value j of a row is bits 4j..4j+3 of the row's
+    bytes read as one little-endian integer (the layout `pack_bits` writes)."""
+    q = torch.randint(0, 16, (5, 45), dtype=torch.uint8)
+    packed = pack_bits(q, 4)
+    for row in range(5):
+        as_int = int.from_bytes(bytes(packed[row].tolist()), "little")
+        assert [(as_int >> (4 * j)) & 15 for j in range(45)] == unpack_bits(packed, 4, 45)[row].tolist()
+
+
+@pytest.mark.parametrize("k,group", [(96, 32), (100, 32)])
+def test_dequantize_equals_the_per_column_formula(k, group):
+    """Whole groups are de-quantized by broadcasting (N, G, 1) parameters; the result must equal
+    (q - zero) * scale with every parameter expanded to its columns, bit for bit."""
+    q = torch.randint(0, 16, (7, k), dtype=torch.uint8)
+    groups = -(-k // group)
+    scale, zero = torch.rand(7, groups), torch.randint(0, 16, (7, groups)).float()
+    columns = torch.arange(k) // group
+    expected = (q.float() - zero[:, columns]) * scale[:, columns]
+    assert torch.equal(alg.dequantize(q, scale, zero, group), expected)
+
+
 def test_hessian_accumulates_the_mean_outer_product():
     x = torch.randn(3, 50, 16)
     h, n = None, 0

@@ -103,7 +103,10 @@ def quantize_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bit
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int) -> torch.Tensor:
     """(q - zero) * scale with per-group (N, G) scale/zero, as a float32 (N, K) tensor."""
-    k = q.shape[1]
+    n, k = q.shape
+    if k % group_size == 0:  # whole groups: broadcast (N, G, 1) over (N, G, g), no (N, K) expansions
+        w = q.float().view(n, k // group_size, group_size)
+        return w.sub_(zero.float().unsqueeze(-1)).mul_(scale.float().unsqueeze(-1)).view(n, k)
     return (q.float() - expand_groups(zero, group_size, k)) * expand_groups(scale, group_size, k)
 
 

@@ -35,6 +35,8 @@ def unpack_bits(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
     if bits == 8:
         return packed[:, :k]
     n = packed.shape[0]
+    if bits == 4:  # byte j holds values 2j (low nibble) and 2j + 1: two uint8 ops, no int64 pass
+        return torch.stack((packed & 15, packed >> 4), dim=-1).view(n, -1)[:, :k]
     chunks = packed.to(torch.int64).view(n, -1, bits)  # (N, K/8, bits bytes)
     words = (chunks << (torch.arange(bits, dtype=torch.int64) * 8)).sum(-1)
     shifts = torch.arange(8, dtype=torch.int64) * bits

@@ -112,7 +112,7 @@ class QuantLinear(torch.nn.Module):
         of output rows at a time, so neither an (N, K) dense copy (57 MB in bf16 for SmolLM2's lm_head,
         per call) nor its fp32 temporaries (4 x 113 MB) ever exist."""
         if self.out_features * self.in_features <= DEQUANT_BLOCK:
-            return F.linear(x, self.dequantize(dtype))
+            return F.linear(x, self._weight_rows(0, self.out_features, dtype))
         y = torch.empty(*x.shape[:-1], self.out_features, dtype=dtype, device=x.device)  # (..., N)
         step = max(1, DEQUANT_BLOCK // self.in_features)
         for start in range(0, self.out_features, step):
