@@ -2,7 +2,7 @@
 
 Stages (Ray Data operators, streaming with backpressure; "groupby" is a shuffle by key):
 1. read: input shards (`ray_read`) -> raw records in source order.
-2. process: `clean.process_record` on every document, in `workers` tasks at a time: filters, PII,
+2. process (`ray_process`): `clean.process_record` on every document, in `workers` tasks at a time: filters, PII,
    exact key, MinHash signature. With at least as many shards as workers a task reads and processes
    whole shards; with fewer, reading runs in tasks of its own and the workers share its blocks.
    Materialized: Ray's object store spills to disk past its memory.
@@ -37,24 +37,21 @@ from typing import Any
 
 import numpy as np
 
-from lmopt.data.clean import CleanResult, DocFigures, account, figures, process_record
+from lmopt.data.clean import CleanResult, DocFigures, account
 from lmopt.data.config import CleanConfig
 from lmopt.data.decontaminate import EvalIndex
-from lmopt.data.load import BadRows, Record
+from lmopt.data.load import BadRows
 from lmopt.data.ray_dedup import EXACT, NEAR, verdicts
-from lmopt.data.ray_read import Shard, plan_shards, shard_events
+from lmopt.data.ray_process import process
+from lmopt.data.ray_read import plan_shards
 from lmopt.data.report import CleanReport
-from lmopt.data.write import record_row
 from lmopt.errors import LmoptError, missing_dependency
 from lmopt.io import atomic_open
 
-ORDER_BITS = 40  # order = shard index << 40 | event number in the shard: source order as one int64
 BLOCK_BYTES = 8 << 20
 ROWS_PER_PARTITION = 200_000
 HASH_SHUFFLE_ROWS = 1_000_000
 REASONS = {EXACT: "exact_duplicate", NEAR: "near_duplicate"}
-COLUMNS = ("order", "line", "bad", "reason", "detail", "row", "snippet", "words_before", "words_after",
-           "boilerplate", "normalized", "pii", "key", "sig")
 
 
 def clean_on_ray(data: Any, cfg: CleanConfig, report: CleanReport, index: EvalIndex | None,
@@ -62,7 +59,7 @@ def clean_on_ray(data: Any, cfg: CleanConfig, report: CleanReport, index: EvalIn
     """Run `clean` on Ray (see the module docstring); `report` and `index` come from `clean`."""
     with _quiet_ray(), _cluster(cfg) as workers, _data_context():
         shards = plan_shards(data, cfg.text_field, workers)
-        processed = _process(shards, cfg, index, workers, as_json=output is not None).materialize()
+        processed = process(shards, cfg, index, workers, as_json=output is not None).materialize()
         rows_in = processed.count()
         _pick_shuffle(processed, rows_in)
         dups = verdicts(processed, cfg.dedup, max(workers, rows_in // ROWS_PER_PARTITION))
@@ -154,137 +151,6 @@ def _pick_shuffle(processed: Any, rows: int) -> None:
 
     if rows < HASH_SHUFFLE_ROWS:
         processed.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-
-
-# --- read and process ----------------------------------------------------------------------------------
-
-def _objects(values: list) -> np.ndarray:
-    out = np.empty(len(values), dtype=object)  # not np.array: bytes would become fixed-width, nulls stripped
-    out[:] = values
-    return out
-
-
-def _read(batch: dict[str, np.ndarray], shards: list[Shard], text_field: Any, chunk: int
-          ) -> Iterator[dict[str, np.ndarray]]:
-    """Raw events of the batch's shards, `chunk` at a time: order, line, bad reason, pickled record."""
-    for i in batch["shard"]:
-        shard = shards[int(i)]
-        cols: dict[str, list] = {"order": [], "line": [], "bad": [], "rec": []}
-        for seq, (line, value) in enumerate(shard_events(shard, text_field)):
-            cols["order"].append((shard.index << ORDER_BITS) + seq)
-            cols["line"].append(line)
-            is_rec = isinstance(value, Record)
-            cols["bad"].append("" if is_rec else value)
-            cols["rec"].append(pickle.dumps((value.text, value.row, value.fields)) if is_rec else b"")
-            if len(cols["order"]) >= chunk:
-                yield _columns(cols)
-                cols = {k: [] for k in cols}
-        if cols["order"]:
-            yield _columns(cols)
-
-
-def _columns(cols: dict[str, list]) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v, dtype=np.int64) if isinstance(v[0], int | bool | np.integer) else _objects(v)
-            for k, v in cols.items()}
-
-
-def _process_batch(batch: dict[str, np.ndarray], config: dict[str, Any], index: Any,
-                   as_json: bool) -> dict[str, np.ndarray]:
-    """`process_record` on each raw record of a batch `_read` gave."""
-    events = [(int(order), int(line), bad or Record(*_unpack(blob, int(line))))
-              for order, line, bad, blob in zip(batch["order"], batch["line"], batch["bad"], batch["rec"],
-                                                strict=True)]
-    return _processed(events, CleanConfig.parse(config), _worker_index(index), as_json)
-
-
-class _ReadAndProcess:
-    """`_read` and `_process_batch` in one Ray actor, `chunk` events at a time: no record is pickled
-    between them, a worker's CPU slot covers its reading too, and the actor, unlike a task per shard,
-    has its next shard queued when one ends (no idle gap while the driver schedules)."""
-
-    def __init__(self, shards: list[Shard], text_field: Any, chunk: int, config: dict[str, Any], index: Any,
-                 as_json: bool) -> None:
-        self.shards, self.text_field, self.chunk, self.as_json = shards, text_field, chunk, as_json
-        self.cfg, self.index = CleanConfig.parse(config), _worker_index(index)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        for i in batch["shard"]:
-            shard, events = self.shards[int(i)], []
-            for seq, (line, value) in enumerate(shard_events(shard, self.text_field)):
-                events.append(((shard.index << ORDER_BITS) + seq, line, value))
-                if len(events) >= self.chunk:
-                    yield _processed(events, self.cfg, self.index, self.as_json)
-                    events = []
-            if events:
-                yield _processed(events, self.cfg, self.index, self.as_json)
-
-
-def _processed(events: list[tuple[int, int, Record | str]], cfg: CleanConfig, index: EvalIndex | None,
-               as_json: bool) -> dict[str, np.ndarray]:
-    """The columns the later stages read, for events (order, line, a record or a bad row's reason)."""
-    empty = {**dict.fromkeys(COLUMNS, ""), "row": "" if as_json else b"", "key": b"", "sig": b"",
-             "words_before": 0, "words_after": 0, "boilerplate": 0, "normalized": False}
-    cols: dict[str, list] = {k: [] for k in COLUMNS}
-    for order, line, value in events:
-        values = {**empty, "order": order, "line": line}
-        if isinstance(value, Record):
-            values.update(_document(value, cfg, index, as_json))
-        else:
-            values["bad"] = value
-        for k in COLUMNS:
-            cols[k].append(values[k])
-    return _columns(cols) if cols["order"] else {}
-
-
-_INDEX: dict[str, EvalIndex | None] = {}  # per worker process: the index of the run, fetched once
-
-
-def _worker_index(ref: Any) -> EvalIndex | None:
-    """The run's evaluation index, fetched from the object store once per worker process (its lookup
-    tables are built on first use, so a fresh copy per batch would rebuild them every time)."""
-    import ray  # lazy: optional dependency, present on Ray workers
-
-    key = ref.hex()
-    if key not in _INDEX:
-        _INDEX.clear()
-        _INDEX[key] = ray.get(ref)
-    return _INDEX[key]
-
-
-def _document(rec: Record, cfg: CleanConfig, index: EvalIndex | None, as_json: bool) -> dict[str, Any]:
-    doc = process_record(rec, cfg, index)
-    fig = figures(doc)
-    values = {"reason": doc.reason or "", "detail": doc.detail or "", "snippet": fig.snippet,
-              "words_before": fig.words_before, "words_after": fig.words_after, "boilerplate": fig.boilerplate,
-              "normalized": fig.normalized, "pii": json.dumps(fig.pii) if fig.pii else "", "key": doc.key,
-              "sig": doc.signature.tobytes() if doc.signature is not None else b""}
-    if doc.reason is None or cfg.keep_removed:  # a removed row is written only with keep_removed
-        row = record_row(doc.record)
-        values["row"] = json.dumps(row, ensure_ascii=False, default=str) if as_json else pickle.dumps(row)
-    return values
-
-
-def _unpack(blob: bytes, line: int) -> tuple[str, int, dict[str, Any], tuple[str, ...]]:
-    text, row, fields = pickle.loads(blob)
-    return text, line, row, fields
-
-
-def _process(shards: list[Shard], cfg: CleanConfig, index: EvalIndex | None, workers: int, as_json: bool) -> Any:
-    import ray  # lazy: optional dependency
-    import ray.data  # lazy: optional dependency
-
-    ds = ray.data.from_items([{"shard": s.index} for s in shards], override_num_blocks=len(shards))
-    index_ref = ray.put(index)  # one copy in the object store, read by every task
-    if len(shards) >= workers:  # every worker gets whole shards: read and process in one actor each
-        return ds.map_batches(_ReadAndProcess, batch_size=1, num_cpus=1, concurrency=workers,
-                              fn_constructor_args=(shards, cfg.text_field, cfg.chunk_size, cfg.to_dict(),
-                                                   index_ref, as_json))
-    # Fewer shards than workers (one csv, a .gz, a small list): reading takes no CPU slot, so it is not
-    # fused with the processing, whose tasks then share the blocks of the one shard.
-    ds = ds.map_batches(_read, batch_size=1, fn_args=(shards, cfg.text_field, cfg.chunk_size),
-                        num_cpus=0, concurrency=min(workers, len(shards)))
-    return ds.map_batches(_process_batch, batch_size=cfg.chunk_size, batch_format="numpy",
-                          fn_args=(cfg.to_dict(), index_ref, as_json), num_cpus=1, concurrency=workers)
 
 
 # --- write -----------------------------------------------------------------------------------------------
