@@ -15,7 +15,6 @@ from lmopt.data.config import DedupConfig
 from lmopt.data.dedup import NearDeduper, lsh_params
 
 EXACT, NEAR = 1, 2
-EXACT_TAG = 0xFFFF  # the exact key's bucket tag (LSH bands are tagged 0 .. bands - 1)
 
 
 def _signatures(sigs: np.ndarray, num_perm: int) -> np.ndarray:
@@ -40,8 +39,8 @@ def band_buckets(sigs: np.ndarray) -> np.ndarray:
     Equal bands at the same band index give equal buckets; different ones collide with probability
     about 2^-64, and a collision only adds a candidate edge (verdicts check the Jaccard estimate)."""
     n, bands, rows = sigs.shape
-    h = np.broadcast_to(_mix64(np.arange(1, bands + 1, dtype=np.uint64) * _MIX), (n, bands)).copy()
     with np.errstate(over="ignore"):
+        h = np.broadcast_to(_mix64(np.arange(1, bands + 1, dtype=np.uint64) * _MIX), (n, bands)).copy()
         for r in range(rows):  # (n, bands): fold each row's value in, then mix
             h = _mix64(h ^ sigs[:, :, r].astype(np.uint64))
     return h
