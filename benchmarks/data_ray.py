@@ -10,6 +10,8 @@ workers=W), and the local engine with W workers for reference. Reported per run:
 - documents/s of `clean` alone (the cluster is started first, its start-up is reported apart);
 - peak resident memory of the driver, of the largest Ray worker and of the whole process tree (sampled
   every 0.2 s with psutil; the object store's shared memory counts in the processes that map it);
+- CPU seconds during the run by process class (driver, Ray workers, Ray's own processes), from the
+  same samples: what competes with the workers for the cores;
 - seconds per stage (decontamination index, shard plan, read + process, candidate edges, connected
   components, verdicts, write) and the
   CPU-microseconds per document of each (seconds x workers / documents): the figures a plan for
