@@ -121,8 +121,9 @@ def _attach_component(batch: dict[str, np.ndarray], nodes: np.ndarray, labels: n
     group (component mod `groups`)."""
     pos = np.searchsorted(nodes, batch["order"]).clip(max=len(nodes) - 1)
     hit = (nodes[pos] == batch["order"]) & (batch["bad"] == "") & (batch["reason"] == "")
+    component = labels[pos[hit]]
     return {"order": batch["order"][hit], "line": batch["line"][hit], "key": batch["key"][hit],
-            "sig": batch["sig"][hit], "component": labels[pos[hit]], "group": labels[pos[hit]] % groups}
+            "sig": batch["sig"][hit], "component": component, "group": component % groups}
 
 
 def _dedup_components(group: dict[str, np.ndarray], d: DedupConfig) -> dict[str, np.ndarray]:

@@ -2,9 +2,10 @@
 
 Stages (Ray Data operators, streaming with backpressure; "groupby" is a shuffle by key):
 1. read: input shards (`ray_read`) -> raw records in source order.
-2. process (`ray_process`): `clean.process_record` on every document, in `workers` tasks at a time: filters, PII,
-   exact key, MinHash signature. With at least as many shards as workers a task reads and processes
-   whole shards; with fewer, reading runs in tasks of its own and the workers share its blocks.
+2. process (`ray_process`): `clean.process_record` on every document, `workers` at a time: filters,
+   PII, exact key, MinHash signature. With at least as many shards as workers one actor per worker
+   reads and processes whole shards; with fewer, reading runs in tasks of its own and processing
+   tasks share its blocks.
    Materialized: Ray's object store spills to disk past its memory.
 3. candidates, as scaled MinHash dedup finds them: each live document goes into one bucket per LSH band
    (bucket = hash(band index, band values)) and one for its exact key; a shuffle by bucket (by bucket

@@ -37,23 +37,32 @@ def _objects(values: list) -> np.ndarray:
     return out
 
 
+def _event_chunks(batch: dict[str, np.ndarray], shards: list[Shard], text_field: Any, chunk: int
+                  ) -> Iterator[list[tuple[int, int, Record | str]]]:
+    """The events of the batch's shards as (order, line, record or bad row's reason), `chunk` at a time."""
+    for i in batch["shard"]:
+        shard, events = shards[int(i)], []
+        for seq, (line, value) in enumerate(shard_events(shard, text_field)):
+            events.append(((shard.index << ORDER_BITS) + seq, line, value))
+            if len(events) >= chunk:
+                yield events
+                events = []
+        if events:
+            yield events
+
+
 def _read(batch: dict[str, np.ndarray], shards: list[Shard], text_field: Any, chunk: int
           ) -> Iterator[dict[str, np.ndarray]]:
     """Raw events of the batch's shards, `chunk` at a time: order, line, bad reason, pickled record."""
-    for i in batch["shard"]:
-        shard = shards[int(i)]
+    for events in _event_chunks(batch, shards, text_field, chunk):
         cols: dict[str, list] = {"order": [], "line": [], "bad": [], "rec": []}
-        for seq, (line, value) in enumerate(shard_events(shard, text_field)):
-            cols["order"].append((shard.index << ORDER_BITS) + seq)
-            cols["line"].append(line)
+        for order, line, value in events:
             is_rec = isinstance(value, Record)
+            cols["order"].append(order)
+            cols["line"].append(line)
             cols["bad"].append("" if is_rec else value)
             cols["rec"].append(pickle.dumps((value.text, value.row, value.fields)) if is_rec else b"")
-            if len(cols["order"]) >= chunk:
-                yield _columns(cols)
-                cols = {k: [] for k in cols}
-        if cols["order"]:
-            yield _columns(cols)
+        yield _columns(cols)
 
 
 def _columns(cols: dict[str, list]) -> dict[str, np.ndarray]:
@@ -81,15 +90,8 @@ class _ReadAndProcess:
         self.cfg, self.index = CleanConfig.parse(config), _worker_index(index)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        for i in batch["shard"]:
-            shard, events = self.shards[int(i)], []
-            for seq, (line, value) in enumerate(shard_events(shard, self.text_field)):
-                events.append(((shard.index << ORDER_BITS) + seq, line, value))
-                if len(events) >= self.chunk:
-                    yield _processed(events, self.cfg, self.index, self.as_json)
-                    events = []
-            if events:
-                yield _processed(events, self.cfg, self.index, self.as_json)
+        for events in _event_chunks(batch, self.shards, self.text_field, self.chunk):
+            yield _processed(events, self.cfg, self.index, self.as_json)
 
 
 def _processed(events: list[tuple[int, int, Record | str]], cfg: CleanConfig, index: EvalIndex | None,
