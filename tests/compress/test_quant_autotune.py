@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lmopt.compress.quantize import RTNConfig, prepare_runtime, quantize
+from lmopt.compress.quantize import RTNConfig, native, prepare_runtime, quantize
 from lmopt.compress.quantize import autotune as at
 from lmopt.compress.quantize.algorithms import rtn_quantize
 from lmopt.compress.quantize.runtime import QuantLinear
@@ -115,7 +115,8 @@ def test_auto_measures_once_then_reads_the_cache_and_every_row_count_matches_deq
     layer = _layer(4, 64, out=128, k=512)  # 65536 weights: measured
     assert layer.prepare("auto") == "int4" and layer.plan.source == "measured" and len(calls) == 1
     timings = at.load_timings()[at.signature(layer)]
-    assert timings["rows"] == list(at.ROWS) and set(timings["paths"]) == {"int4", "bf16", "fp32"}
+    alternatives = ["q4a8"] if native.available() else []  # lmopt's C kernel competes where it is built
+    assert timings["rows"] == list(at.ROWS) and set(timings["paths"]) == {"int4", "bf16", "fp32", *alternatives}
     assert all(len(v) == len(at.ROWS) and min(v) > 0 for v in timings["paths"].values())
     twin = _layer(4, 64, out=128, k=512, seed=1)
     twin.prepare("auto")
@@ -138,9 +139,11 @@ def test_every_path_matches_dequant(bits, group, sym, act):
     layer.prepare("auto")
     kernel = layer.backend if layer.backend in at.KERNELS else None
     assert kernel == {(4, False): "int4", (8, False): "int8" if group == 0 else None, (8, True): "w8a8"}[(bits, act)]
+    own = {4: "q4a8", 8: "q8a8"}[bits] if native.available() and not act else None  # lmopt's C kernel
+    assert layer.kernel_candidates() == [*([kernel] if kernel else []), *([own] if own else [])]
     x = torch.randn(2, 3, 96)
     reference = layer.run_path("dequant", x.bfloat16().float())
-    for path in [*([kernel] if kernel else []), *at.DENSE]:
+    for path in [*layer.kernel_candidates(), *at.DENSE]:
         for dense in (False, True):
             weight = layer.dequantize(at.DENSE[path]) if dense and path in at.DENSE else None
             got = layer.run_path(path, x, weight).float()
@@ -148,8 +151,9 @@ def test_every_path_matches_dequant(bits, group, sym, act):
 
 
 def test_group_wise_int8_gets_a_dense_copy_when_measurement_says_so(isolated_cache, monkeypatch):
-    monkeypatch.setattr(at, "measure", lambda layer, kernel, rows=at.ROWS: _timings(
-        {"bf16": [1.0, 1.0, 2.0, 10.0], "fp32": [2.0, 3.0, 6.0, 40.0]}, dequant=5.0))
+    monkeypatch.setattr(at, "measure", lambda layer, kernels, rows=at.ROWS: _timings(  # any C kernel slowest
+        {"bf16": [1.0, 1.0, 2.0, 10.0], "fp32": [2.0, 3.0, 6.0, 40.0], **{k: [99.0] * 4 for k in kernels}},
+        dequant=5.0))
     layer = _layer(8, 128, out=128, k=576)
     assert layer.prepare("auto") == "dequant" and not layer.is_fast
     assert layer.plan.tiers == ((at.MAX_ROWS, "bf16"),) and layer.dense_weight() is None
@@ -173,8 +177,8 @@ def test_default_plan_when_off_small_or_explicit(isolated_cache, monkeypatch):
     big = _layer(4, 64, out=128, k=512)
     big.prepare("auto")
     assert big.plan.source == "default" and not (isolated_cache / "kernels").exists()
-    monkeypatch.setattr(at, "measure", lambda layer, kernel, rows=at.ROWS: _timings(
-        {kernel: [1.0, 1.0, 1.0, 1.0], "bf16": [2.0, 2.0, 2.0, 2.0]}))
+    monkeypatch.setattr(at, "measure", lambda layer, kernels, rows=at.ROWS: _timings(
+        {**{k: [1.0 + i, 1.0 + i, 1.0 + i, 1.0 + i] for i, k in enumerate(kernels)}, "bf16": [9.0] * 4}))
     monkeypatch.delenv("LMOPT_AUTOTUNE")
     big.prepare("auto")
     big.dense_rows = 2  # a measured plan is not overridden

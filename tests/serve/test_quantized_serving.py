@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import lmopt.serve
-from lmopt.compress.quantize import RTNConfig, prepare_runtime, quantize
+from lmopt.compress.quantize import RTNConfig, native, prepare_runtime, quantize
 from lmopt.compress.quantize import autotune as at
 from lmopt.compress.quantize.runtime import QuantLinear, keep_dense_weights
 from lmopt.models import tiny_llama
@@ -32,15 +32,15 @@ def test_serve_uses_no_private_quantlinear_fields():
 
 @pytest.fixture
 def fake_timings(tmp_path, monkeypatch):
-    """Measured plans from fixed timings: the low-bit kernel fastest up to 8 rows, dense bf16 from
+    """Measured plans from fixed timings: the layer's own low-bit kernel fastest up to 8 rows, dense bf16 from
     32 rows (prompt chunks), fp32 never; de-quantizing per call costs more than any matmul."""
     monkeypatch.setenv("LMOPT_HOME", str(tmp_path))
     monkeypatch.setattr(at, "_LOADED", {})
 
-    def measure(layer, kernel, rows=at.ROWS):
+    def measure(layer, kernels, rows=at.ROWS):
         paths = {"bf16": [4.0, 4.0, 4.0, 20.0], "fp32": [9.0, 9.0, 9.0, 90.0]}
-        if kernel:
-            paths[kernel] = [1.0, 2.0, 8.0, 100.0]
+        for i, kernel in enumerate(kernels):  # the backend's own kernel first and fastest
+            paths[kernel] = [1.0 + i, 2.0 + i, 8.0 + i, 100.0]
         return {"rows": list(rows), "paths": paths, "dequant": {"bf16": 50.0, "fp32": 50.0}}
     monkeypatch.setattr(at, "measure", measure)
 
@@ -80,8 +80,17 @@ def test_stacked_projections_run_one_measured_plan_with_one_dense_copy(fake_timi
     assert plan["model.layers.*.self_attn.k_proj"]["paths"] == "rows 1-16: int4; 17+: bf16 (dense copy)"
 
 
-def test_group_wise_int8_serves_from_a_dense_copy_and_matches_generate(fake_timings):
-    loaded = _model(8, 64)  # group-wise int8: no low-bit kernel
+@pytest.fixture
+def no_native_kernels(monkeypatch):
+    """As on a machine without a C compiler: lmopt's own kernels (native.py) are not offered."""
+    monkeypatch.setenv("LMOPT_NATIVE", "0")
+    native.library.cache_clear()
+    yield
+    native.library.cache_clear()
+
+
+def test_group_wise_int8_serves_from_a_dense_copy_and_matches_generate(fake_timings, no_native_kernels):
+    loaded = _model(8, 64)  # group-wise int8: no torch kernel (and here no C one)
     layers = [m for m in loaded.model.modules() if isinstance(m, QuantLinear)]
     grouped = [m for m in layers if m.backend == "dequant"]
     measured = [m for m in grouped if m.in_features * m.out_features >= at.MIN_WEIGHTS]

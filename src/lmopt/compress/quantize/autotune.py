@@ -1,8 +1,9 @@
 """Kernel choice by measurement: which path computes a quantized linear at each row count, on this CPU.
 
 A `QuantLinear` (runtime.py) can compute y = x W^T several ways ("paths"):
-- its low-bit kernel (`int4`, `int8`, or oneDNN `w8a8` for layers quantized with int8 activations,
-  the only ones where quantizing activations is part of the model; see kernels.py);
+- its low-bit kernels (`int4`, `int8`, or oneDNN `w8a8` for layers quantized with int8 activations,
+  see kernels.py), and lmopt's C kernels `q4a8`/`q8a8` where they are built (native.py: they round
+  activations to int8 per block of 32, as llama.cpp does);
 - a dense `bf16` or `fp32` weight: kept in memory when the layer may cache one (`cache_dense`; the
   engine allows it), else de-quantized on every call;
 - `dequant`: de-quantize into the activation dtype on every call (the reference, explicit only).
@@ -29,7 +30,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -45,12 +46,12 @@ ROWS = (1, 8, 32, 512)
 MAX_ROWS = 1 << 62
 MIN_WEIGHTS = 1 << 16
 """Layers smaller than this (tiny test models) keep the default plan without measuring."""
-KERNELS = ("int4", "int8", "w8a8")
+KERNELS = ("int4", "int8", "w8a8", "q4a8", "q8a8")
 DENSE = {"bf16": torch.bfloat16, "fp32": torch.float32}
-TIMING_METHOD = 3
+TIMING_METHOD = 4
 """Version of the timing procedure: a cache written by another one is measured again (method 1 timed
 the first call with its one-time costs and could reject the fastest path; method 2 timed the slower
-4-bit de-quantization that preceded unpacking by nibbles)."""
+4-bit de-quantization that preceded unpacking by nibbles; method 3 did not time the C kernels)."""
 MARGIN = 0.03
 """A dense path must beat the low-bit kernel by this fraction to replace it (timing noise; the
 kernel reads fewer bytes and needs no dense copy)."""
@@ -89,36 +90,44 @@ class Plan:
 def default_plan(backend: str, dense_rows: int = 32, source: str = "default", why: str = "") -> Plan:
     """The fixed plan: the int4/int8 kernel up to `dense_rows` rows and a dense bf16 weight above
     (the kernels are fast for few rows, slow for many); w8a8 and dequant at every row count."""
-    if backend in ("int4", "int8"):
+    if backend in ("int4", "int8", "q4a8", "q8a8"):
         return Plan(((dense_rows, backend), (MAX_ROWS, "bf16")), "bf16", source, why)
     return Plan(((MAX_ROWS, backend),), None, source, why)
 
 
-def decide(timings: dict[str, Any], kernel: str | None, cache_dense: bool, margin: float = MARGIN) -> Plan:
+def decide(timings: dict[str, Any], kernels: str | Sequence[str] | None, cache_dense: bool,
+           margin: float = MARGIN) -> Plan:
     """The fastest path per row range from `timings` (pure; see `measure` for the layout).
 
-    A dense path costs its matmul when the layer may keep a dense copy, else matmul + de-quantizing
-    the weight on the call. One dense dtype per layer (the one whose plan, with the kernel, comes
+    `kernels` are the low-bit kernels the layer can run (one name, several, or None); timings of
+    others are ignored. At each row count the fastest of them competes with the dense path. A dense
+    path costs its matmul when the layer may keep a dense copy, else matmul + de-quantizing the
+    weight on the call. One dense dtype per layer (the one whose plan, with the kernels, comes
     closest to the best at every row count), so at most one copy is kept. Each measured row count
     owns the rows up to the geometric mean with the next (1 -> 1-2, 8 -> 3-16, 32 -> 17-128,
     512 -> 129+)."""
     rows, paths, per_call = timings["rows"], timings["paths"], timings.get("dequant", {})
+    kernels = [kernels] if isinstance(kernels, str) else list(kernels or [])
+    kernels = [k for k in kernels if k in paths]
 
     def cost(path: str, i: int) -> float:
         return paths[path][i] + (0.0 if path in KERNELS or cache_dense else per_call.get(path, 0.0))
 
-    kernel = kernel if kernel in paths else None
-    denses = [d for d in DENSE if d in paths]
-    if not denses and kernel is None:
-        raise ValueError("timings hold neither the layer's kernel nor a dense path")
-    n = len(rows)
-    best = [min(cost(p, i) for p in [*denses, *([kernel] if kernel else [])]) for i in range(n)]
+    def fastest_kernel(i: int) -> str | None:
+        return min(kernels, key=lambda k: cost(k, i)) if kernels else None
 
-    def shortfall(d: str) -> float:  # how far a plan with dense dtype d (and the kernel) is from the best
-        return sum(min(cost(d, i), cost(kernel, i) if kernel else math.inf) / best[i] for i in range(n))
+    denses = [d for d in DENSE if d in paths]
+    if not denses and not kernels:
+        raise ValueError("timings hold neither the layer's kernels nor a dense path")
+    n = len(rows)
+    best = [min(cost(p, i) for p in [*denses, *kernels]) for i in range(n)]
+
+    def shortfall(d: str) -> float:  # how far a plan with dense dtype d (and the kernels) is from the best
+        return sum(min([cost(d, i), *(cost(k, i) for k in kernels)]) / best[i] for i in range(n))
     dense = min(denses, key=shortfall) if denses else None
     choice = []
     for i in range(n):
+        kernel = fastest_kernel(i)
         keep_kernel = kernel is not None and (dense is None or cost(kernel, i) <= cost(dense, i) * (1 + margin))
         choice.append(kernel if keep_kernel else dense)
     limits = [math.isqrt(rows[i] * rows[i + 1]) for i in range(len(rows) - 1)] + [MAX_ROWS]
@@ -128,19 +137,19 @@ def decide(timings: dict[str, Any], kernel: str | None, cache_dense: bool, margi
             tiers.pop()
         tiers.append((limit, path))
     used_dense = dense if dense in choice else None
-    return Plan(tuple(tiers), used_dense, "measured", _explain(timings, kernel, denses, cache_dense))
+    return Plan(tuple(tiers), used_dense, "measured", _explain(timings, kernels, denses, cache_dense))
 
 
-def _explain(timings: dict[str, Any], kernel: str | None, denses: list[str], cache_dense: bool) -> str:
+def _explain(timings: dict[str, Any], kernels: list[str], denses: list[str], cache_dense: bool) -> str:
     rows, paths = timings["rows"], timings["paths"]
     ms = lambda values: "/".join(f"{v * 1e3:.3g}" for v in values)  # noqa: E731
     text = f"ms at {'/'.join(map(str, rows))} rows: " + ", ".join(
-        f"{p} {ms(paths[p])}" for p in [*([kernel] if kernel else []), *denses])
+        f"{p} {ms(paths[p])}" for p in [*kernels, *denses])
     if not cache_dense and denses:
         dq = timings.get("dequant", {})
         text += "; no dense copy allowed, de-quantizing costs " + ", ".join(
             f"{d} {dq.get(d, 0) * 1e3:.3g}" for d in denses) + " ms per call"
-    if kernel is None:
+    if not kernels:
         text += "; no low-bit kernel for this layout"
     return text
 
@@ -173,15 +182,15 @@ def _time_call(fn: Callable[[], Any], give_up: float) -> float:
     return best
 
 
-def measure(layer: Any, kernel: str | None, rows: tuple[int, ...] = ROWS) -> dict[str, Any]:
-    """Time `layer.run_path` for its kernel (if any) and each dense dtype at each row count, and
+def measure(layer: Any, kernels: str | Sequence[str] | None, rows: tuple[int, ...] = ROWS) -> dict[str, Any]:
+    """Time `layer.run_path` for its kernels (if any) and each dense dtype at each row count, and
     de-quantizing the weight into each dense dtype (one call). Returns {"rows": [...], "paths":
     {path: [seconds per row count]}, "dequant": {dtype: seconds}}.
 
     At each row count the previous one's winner goes first, so a candidate far slower than it can
     be given up after one call (at least 5 ms: shorter calls are cheap to time properly)."""
     out: dict[str, Any] = {"rows": list(rows), "paths": {}, "dequant": {}}
-    order = [*([kernel] if kernel else []), *DENSE]
+    order = [*([kernels] if isinstance(kernels, str) else (kernels or [])), *DENSE]
     with torch.inference_mode():
         weights = {}
         for name, dtype in DENSE.items():
@@ -250,7 +259,7 @@ def enabled() -> bool:
 def tune(layer: Any, cache_dense: bool) -> Plan:
     """The plan for a layer prepared with backend `auto`: measured (or from the cache) on a CPU,
     the default plan where measuring is off or not worth it."""
-    kernel = layer.backend if layer.backend in KERNELS else None
+    kernels = layer.kernel_candidates()
     if not enabled():
         return default_plan(layer.backend, source="default", why="LMOPT_AUTOTUNE=0")
     if layer.qweight.device.type != "cpu":
@@ -259,10 +268,10 @@ def tune(layer: Any, cache_dense: bool) -> Plan:
         return default_plan(layer.backend, why=f"under {MIN_WEIGHTS} weights: not worth measuring")
     key = signature(layer)
     timings, source = load_timings().get(key), "cached"
-    if timings is None:
-        timings, source = measure(layer, kernel), "measured"
+    if timings is None or any(k not in timings["paths"] for k in kernels):  # a kernel new to this cache
+        timings, source = measure(layer, kernels), "measured"
         save_timings(key, timings)
-    return replace(decide(timings, kernel, cache_dense), source=source)
+    return replace(decide(timings, kernels, cache_dense), source=source)
 
 
 def kernel_plan(model: Any) -> list[dict[str, Any]]:

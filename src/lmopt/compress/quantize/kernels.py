@@ -1,6 +1,9 @@
 """Kernel tensors and calls for `QuantLinear` backends (see runtime.py for what each backend is).
 
 Each backend turns the stored codes into the layout its kernel wants, once, in `build_kernel`.
+`q4a8`/`q8a8` (lmopt's own C kernels, native.py) are also alternative kernels of 4- and 8-bit
+layers: the autotuner times them with the backend's own and keeps the fastest per row range
+(`alternative_kernels`).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from typing import Any
 
 import torch
 
+from lmopt.compress.quantize import native
 from lmopt.compress.quantize.algorithms import expand_groups
 from lmopt.errors import LmoptError
 
@@ -30,6 +34,21 @@ def int4_kernel_group(k: int, group_size: int) -> int | None:
     return None
 
 
+def native_kernel(layer: Any) -> str | None:
+    """lmopt's C kernel for this layer's layout ("q4a8"/"q8a8") when it is built here with its vector
+    path and the layer is on a CPU, without activation quantization of its own; else None."""
+    if layer.qweight.device.type != "cpu" or layer.act_quant:
+        return None
+    name = native.kernel_for(layer.bits, layer.group_size, layer.in_features, layer.out_features)
+    return name if name and native.available() else None
+
+
+def alternative_kernels(layer: Any) -> list[str]:
+    """Kernels besides the backend's own that the autotuner should time for this layer."""
+    name = native_kernel(layer)
+    return [name] if name and name != layer.backend else []
+
+
 def pick_backend(layer: Any, backend: str) -> str:
     """Resolve `auto` (and check an explicit choice) for this layer on this device."""
     on_cpu = layer.qweight.device.type == "cpu"
@@ -46,8 +65,16 @@ def pick_backend(layer: Any, backend: str) -> str:
         if on_cpu and layer.bits == 8 and per_channel and _has("_weight_int8pack_mm"):
             return "int8"
         return "dequant"
+    if backend in native.KERNEL_BITS:
+        if native_kernel(layer) != backend:
+            raise LmoptError(f"backend '{backend}' cannot run a {layer.bits}-bit, group {layer.group_size} layer "
+                             f"({layer.out_features}x{layer.in_features}) here: q4a8 takes 2-4 bits, q8a8 5-8, "
+                             "both groups of whole 32-column blocks, rows in 16s, a CPU, and a C compiler "
+                             "with AVX-512 VNNI (see lmopt.compress.quantize.native)")
+        return backend
     if backend not in ("int4", "int8", "dequant", "w8a8"):
-        raise LmoptError(f"unknown quantized backend '{backend}' (choose auto, int4, int8, w8a8, dequant)")
+        raise LmoptError(f"unknown quantized backend '{backend}' "
+                         "(choose auto, int4, int8, q4a8, q8a8, w8a8, dequant)")
     if backend in ("int4", "int8") and pick_backend(layer, "auto") != backend:
         raise LmoptError(f"backend '{backend}' cannot run a {layer.bits}-bit, group {layer.group_size} layer "
                          f"({layer.out_features}x{layer.in_features}) on {layer.qweight.device.type}")
@@ -60,6 +87,8 @@ def build_kernel(layer: Any, backend: str) -> dict[str, Any]:
         return {}
     q = layer.codes()  # (N, K) uint8
     scale, zero = layer.scales.float(), layer.zeros.float()  # (N, G)
+    if backend in native.KERNEL_BITS:
+        return native.pack_weights(q, scale, zero, layer.group_size, layer.bits)
     if backend == "int4":
         g = int4_kernel_group(layer.in_features, layer.group_size)
         k = layer.in_features
@@ -79,7 +108,9 @@ def build_kernel(layer: Any, backend: str) -> dict[str, Any]:
 
 
 def run_kernel(backend: str, kernel: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
-    """y (M, N) for x (M, K) with `kernel` = build_kernel(layer, backend) (int4, int8 or w8a8)."""
+    """y (M, N) for x (M, K) with `kernel` = build_kernel(layer, backend) (int4, int8, q4a8, q8a8, w8a8)."""
+    if backend in native.KERNEL_BITS:
+        return native.linear(x, kernel)
     if backend == "int4":
         return torch.ops.aten._weight_int4pack_mm_for_cpu(
             x.to(torch.bfloat16).contiguous(), kernel["weight"], kernel["group"], kernel["scales_zeros"])

@@ -8,6 +8,10 @@ Backends (how the codes are laid out for a kernel), chosen once by `prepare(back
   <= 4 bits). Its grid is (q - 8) * s + z with float z, so our (q - zero) * s becomes
   z = (8 - zero) * s exactly; a short last group (576 = 4 x 128 + 64) runs as kernel groups of 64
   with each scale repeated, which gives the same weights.
+- `q4a8`, `q8a8`: lmopt's own C kernels (native.py): 4-/8-bit weights x activations rounded to
+  int8 per block of 32, as llama.cpp computes Q4_1 and Q8_0; with backend `auto` they compete with
+  the layer's own kernel wherever they are built (AVX-512 VNNI), and the autotuner keeps whichever
+  is faster per row range (group-wise int8, which torch has no kernel for, gets one here).
 - `int8`: `_weight_int8pack_mm` (bf16 activations, per-channel int8 weights); asymmetric codes add
   a rank-1 correction -sum(x) * (zero - 128) * s.
 - `w8a8`: oneDNN dynamic quantization (`quantized::linear_dynamic`): activations quantized to int8
@@ -40,14 +44,17 @@ from lmopt.compress.quantize.algorithms import dequantize
 from lmopt.compress.quantize.autotune import DENSE, KERNELS, Plan, default_plan, tune
 from lmopt.compress.quantize.kernels import (
     CORRECTION_BLOCK,
+    alternative_kernels,
     build_kernel,
     fake_quant_activation,
     pick_backend,
     run_kernel,
 )
+from lmopt.compress.quantize.native import KERNEL_BITS
+from lmopt.compress.quantize.native import linear as native_linear
 from lmopt.compress.quantize.packing import pack_bits, packed_width, unpack_bits
 
-BACKENDS = ("auto", "int4", "int8", "w8a8", "dequant")
+BACKENDS = ("auto", "int4", "int8", "q4a8", "q8a8", "w8a8", "dequant")
 INT4_KERNEL_GROUPS = (32, 64, 128, 256)
 DEQUANT_BLOCK = 1 << 20
 """Weights de-quantized per block (each of its three or four fp32 temporaries 4 MB)."""
@@ -71,6 +78,7 @@ class QuantLinear(torch.nn.Module):
         self.backend, self.requested, self.cache_dense = "dequant", "dequant", False
         self._dense_rows = 32
         self._kernel: dict[str, Any] = {}
+        self._alt: dict[str, dict[str, Any]] = {}  # alternative kernels' tensors, built when timed or planned
         self._dense: torch.Tensor | None = None
         self.plan: Plan = default_plan("dequant")
 
@@ -128,7 +136,7 @@ class QuantLinear(torch.nn.Module):
     @property
     def is_fast(self) -> bool:
         """Runs a low-bit int4/int8 kernel (for few rows; dense weights may serve the rest)."""
-        return self.backend in ("int4", "int8")
+        return self.backend in ("int4", "int8", *KERNEL_BITS)
 
     @property
     def dense_rows(self) -> int:
@@ -146,10 +154,26 @@ class QuantLinear(torch.nn.Module):
         """Build the chosen backend's kernel tensors (from the stored codes) and the plan of which path
         runs at each row count (measured for `auto`, see autotune.py); returns the backend used."""
         self.backend = pick_backend(self, backend)
-        self._kernel = build_kernel(self, self.backend)
+        self._kernel, self._alt = build_kernel(self, self.backend), {}
         self.requested, self._dense_rows, self.cache_dense = backend, dense_rows, cache_dense
         self._replan()
         return self.backend
+
+    def kernel_candidates(self) -> list[str]:
+        """The low-bit kernels the autotuner times for this layer: the backend's own, and with backend
+        `auto` the alternatives that can run its layout here (`q4a8`/`q8a8`, lmopt's C kernels)."""
+        own = [self.backend] if self.backend in KERNELS else []
+        return own + (alternative_kernels(self) if self.requested == "auto" else [])
+
+    def _kernel_for(self, path: str) -> dict[str, Any]:
+        """The tensors of kernel `path`: the backend's, or an alternative's (built on first use)."""
+        if path == self.backend:
+            return self._kernel
+        if path not in self._alt:
+            if path not in alternative_kernels(self):
+                raise ValueError(f"path '{path}' needs the {path} backend; this layer has {self.backend}")
+            self._alt[path] = build_kernel(self, path)
+        return self._alt[path]
 
     def keep_dense_copy(self) -> bool:
         """Allow a dense copy of the weight wherever the plan runs a dense path (faster prompt chunks,
@@ -215,8 +239,12 @@ class QuantLinear(torch.nn.Module):
             self._use_plan(default_plan(self.backend, self._dense_rows, "explicit"))
 
     def _use_plan(self, plan: Plan, dense: torch.Tensor | None = None) -> None:
-        """Adopt `plan`; keep a dense copy (`dense`, else de-quantized now) when it uses one and may."""
+        """Adopt `plan`; keep a dense copy (`dense`, else de-quantized now) when it uses one and may, and
+        the alternative kernels it uses (a kernel the plan passed over cannot win a later re-plan that
+        only allows or drops a dense copy, so it is freed)."""
         self.plan = plan
+        used = {path for _, path in plan.tiers}
+        self._alt = {path: kernel for path, kernel in self._alt.items() if path in used}
         if not (self.cache_dense and plan.dense):
             self._dense = None
         elif dense is not None:
@@ -228,9 +256,7 @@ class QuantLinear(torch.nn.Module):
         """x W^T (no bias) by one path (see the module docstring), in that path's output dtype;
         `weight` overrides the dense weight of a bf16/fp32 path (for measuring)."""
         if path in KERNELS:
-            if path != self.backend:
-                raise ValueError(f"path '{path}' needs the {path} backend; this layer has {self.backend}")
-            y = run_kernel(path, self._kernel, x.reshape(-1, self.in_features))
+            y = run_kernel(path, self._kernel_for(path), x.reshape(-1, self.in_features))
             return y.view(*x.shape[:-1], self.out_features)
         x_in = fake_quant_activation(x) if self.act_quant else x
         if path == "dequant":
@@ -258,7 +284,11 @@ class QuantLinear(torch.nn.Module):
         def run(x: torch.Tensor) -> torch.Tensor:
             # read per call: a later re-plan or re-prepare takes effect
             (limit, path), kernel = self.plan.tiers[0], self._kernel
-            if path != self.backend or x.dim() != 2 or x.shape[0] > limit or x.dtype != bf16:
+            if x.dim() != 2 or x.shape[0] > limit or x.dtype != bf16:
+                return forward(x)
+            if path in KERNEL_BITS:
+                return native_linear(x, self._alt.get(path) or self._kernel_for(path))
+            if path != self.backend:
                 return forward(x)
             if path == "int4":
                 return int4_mm(x.contiguous(), kernel["weight"], kernel["group"], kernel["scales_zeros"])
