@@ -1,15 +1,14 @@
-"""lmopt's C kernels (native.py, qa8.c) against brute force: the de-quantized weight times the
-activations rounded to int8 per block of 32, for 4- and 8-bit codes, several group sizes and row
-counts; the portable (non-VNNI) build too; and the layouts the kernels refuse."""
+"""lmopt's C matmul kernels (compress/quantize/native.py, lmopt/native/qa8.c) against brute force:
+the de-quantized weight times the activations rounded to int8 per block of 32, for 4- and 8-bit
+codes, several group sizes and row counts; the portable (non-VNNI) build too; and the layouts the
+kernels refuse."""
 
 from __future__ import annotations
-
-import ctypes
-import subprocess
 
 import pytest
 import torch
 
+import lmopt.native
 from lmopt.compress.quantize import native
 from lmopt.compress.quantize.algorithms import dequantize, rtn_quantize
 from lmopt.compress.quantize.runtime import QuantLinear
@@ -37,9 +36,6 @@ def _case(bits: int, group: int, n: int = 48, k: int = 160, seed: int = 0):
 def _call(lib, x: torch.Tensor, kernel: dict) -> torch.Tensor:
     n, k = kernel["shape"]
     y = torch.empty(x.shape[0], n, dtype=torch.bfloat16)
-    lib.lmopt_qa8_linear.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
-                                     ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                     ctypes.c_void_p]
     assert lib.lmopt_qa8_linear(x.data_ptr(), x.shape[0], k, kernel["bits"], kernel["wq"].data_ptr(),
                                 kernel["ws"].data_ptr(), kernel["wz"].data_ptr(), n, y.data_ptr()) == 0
     return y
@@ -62,13 +58,11 @@ def test_kernel_is_the_dequantized_weight_times_rounded_activations(bits, group,
 
 def test_portable_build_matches_brute_force(tmp_path):
     """The loops a CPU without AVX-512 VNNI runs, built here without it."""
-    compiler = native._compiler()
-    if compiler is None:
+    cc = lmopt.native.compiler()
+    if cc is None:
         pytest.skip("no C compiler")
-    flags = [f for f in native.FLAGS if f != "-march=native"] + ["-march=x86-64"]
-    lib_path = tmp_path / "portable.so"
-    subprocess.run([compiler, *flags, str(native.SOURCE), "-o", str(lib_path), "-lm"], check=True)
-    lib = ctypes.CDLL(str(lib_path))
+    flags = [f for f in lmopt.native.FLAGS if f != "-march=native"] + ["-march=x86-64"]
+    lib = lmopt.native.load(lmopt.native.build(cc, flags, tmp_path / "portable.so"))
     assert lib.lmopt_qa8_vnni() == 0
     for bits in (4, 8):
         qw, weight = _case(bits, 32, n=32, k=96, seed=bits)

@@ -27,6 +27,7 @@ from lmopt.serve.attention import (
     apply_rotary,
     decode_attention,
     decode_mask,
+    native_rope_attend,
     one_row_rms_norm,
     prefill_attention,
     prefill_mask,
@@ -111,6 +112,9 @@ class ModelRunner:
                 self.gate_up[i] = fuse_linears([mlp.gate_proj, mlp.up_proj])
         self.plan = [_LayerPlan.build(layer, self.qkv[i], self.gate_up[i], self.fused_norm)
                      for i, layer in enumerate(self.layers)]
+        # a batch-1 decode token's rotary, cache write and attention in one C call, where it applies
+        self.rope_attend = native_rope_attend(self.num_heads, self.kv_heads, self.head_dim, self.scale,
+                                              self.dtype) if self.device.type == "cpu" else None
         self.final_norm = _rms_norm(self.norm, self.fused_norm)
 
     def token_bytes(self) -> int:
@@ -138,6 +142,9 @@ class ModelRunner:
         n, d = h.shape[0], self.head_dim
         if plan.qkv_joint is not None:  # one (N, (H + 2 KVH) D) output: rotate q and k in one go
             out = plan.qkv_joint(h)
+            if step.one is not None and self.rope_attend is not None and out.dtype == self.dtype:
+                return plan.o_proj(self.rope_attend(out.contiguous(), *step.rope, cache.k[layer_idx],
+                                                    cache.v[layer_idx], *step.one))
             width = (self.num_heads + self.kv_heads) * d
             qk = apply_rotary(out[:, :width].view(n, -1, d), *step.rope)  # (N, H + KVH, D)
             q, k, v = qk[:, :self.num_heads], qk[:, self.num_heads:], out[:, width:].view(n, -1, d)

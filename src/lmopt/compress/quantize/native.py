@@ -1,91 +1,30 @@
-"""The `q4a8` and `q8a8` kernels: 4- and 8-bit weights x int8 activations in C (qa8.c), built on first use.
+"""The `q4a8` and `q8a8` paths: 4- and 8-bit weights x int8 activations, lmopt's C kernel (lmopt/native/qa8.c).
 
-torch ships no CPU kernel that multiplies low-bit weights by int8 activations per block (torchao's
-x86 one is not in its PyPI wheel; oneDNN's `w8a8` rounds a whole tensor to one scale), and
-llama.cpp's live inside its own runtime. So lmopt carries one small C file with the arithmetic of
-llama.cpp's Q4_1 x Q8_1 and Q8_0 x Q8_K dot products, compiled here with the system C
-compiler (`-O3 -march=native -fopenmp`) into `$LMOPT_HOME/native/`, once per source, CPU and
-compiler, and called through ctypes. It links the OpenMP runtime torch has already loaded (same
-soname), so it shares torch's threads instead of starting a second pool.
+torch ships no CPU kernel that multiplies low-bit weights by int8 activations per block (oneDNN's
+`w8a8` rounds a whole tensor to one scale), so lmopt carries one with the arithmetic of llama.cpp's
+Q4_1 x Q8_1 and Q8_0 x Q8_K dot products (built on first use, see lmopt.native). This module packs
+a layer's codes into the kernel's layout and calls it.
 
 It is one candidate among the paths the autotuner times (autotune.py), never chosen because it
 exists: where it is not faster, or there is no C compiler, or `LMOPT_NATIVE=0`, torch's kernels run
 as before. Numerics: activations are rounded to int8 per block of 32 (as llama.cpp does at every
 decode step), on top of the bf16 rounding every path already has; tests check it against the
-de-quantized reference within that rounding, and BENCHMARKS.md gives the perplexity it costs.
+de-quantized weight times the rounded activations, and BENCHMARKS.md gives the perplexity it costs.
 """
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from lmopt.compress.quantize.algorithms import expand_groups
-from lmopt.settings import lmopt_home
+from lmopt.native import available, library
 
-SOURCE = Path(__file__).with_name("qa8.c")
+__all__ = ["KERNEL_BITS", "available", "kernel_for", "library", "linear", "pack_weights"]
+
 KERNEL_BITS = {"q4a8": 4, "q8a8": 8}
 """Kernel name -> the code width its layout packs (codes of fewer bits fit: 3-bit codes run as q4a8)."""
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
-
-
-def enabled() -> bool:
-    return os.environ.get("LMOPT_NATIVE", "1").lower() not in ("0", "false", "no", "off")
-
-
-def _compiler() -> str | None:
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-
-
-def _build(compiler: str) -> Path:
-    """Compile qa8.c (once per source, CPU, compiler and flags) and return the library's path."""
-    from lmopt.hardware import detect_hardware
-
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), detect_hardware().cpu, version, *FLAGS]).encode())
-    target = lmopt_home() / "native" / f"qa8-{key.hexdigest()[:16]}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        built = Path(tmp) / target.name
-        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"], check=True,
-                       capture_output=True, text=True, timeout=120)
-        os.replace(built, target)  # atomic: a concurrent process sees no half-written library
-    return target
-
-
-@lru_cache(maxsize=1)
-def library() -> Any | None:
-    """The loaded kernel library, or None (disabled, no compiler, compile or load failed)."""
-    compiler = _compiler() if enabled() else None
-    if compiler is None:
-        return None
-    try:
-        lib = ctypes.CDLL(str(_build(compiler)))
-    except (OSError, subprocess.SubprocessError):
-        return None
-    fn = lib.lmopt_qa8_linear
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p,
-                   ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
-    lib.lmopt_qa8_vnni.restype = ctypes.c_int
-    return lib
-
-
-def available() -> bool:
-    """The kernel is built with its vector (AVX-512 VNNI) path; the portable loops are not worth timing."""
-    lib = library()
-    return lib is not None and bool(lib.lmopt_qa8_vnni())
 
 
 def kernel_for(bits: int, group_size: int, in_features: int, out_features: int) -> str | None:

@@ -1,0 +1,96 @@
+"""lmopt's own C kernels, compiled on first use with the system C compiler and called through ctypes.
+
+Two small C files, for the two places where no maintained library has a fast CPU kernel that lmopt
+can call per layer (torchao's x86 kernels are not in its PyPI wheel; llama.cpp's live inside its
+own runtime):
+- `qa8.c`: 4- and 8-bit weights x int8 activations (the `q4a8`/`q8a8` paths of a quantized linear,
+  compress/quantize/native.py);
+- `attention.c`: one decode token's rotary embedding, KV-cache write and attention over the cache
+  (the serving engine's batch-1 step, serve/attention.py).
+
+They are compiled together (`-O3 -march=native -fopenmp`) into `$LMOPT_HOME/native/`, once per
+source, CPU and compiler (atomically, so concurrent processes never load a half-written library).
+The library links the OpenMP runtime torch has already loaded (same soname), so it shares torch's
+threads instead of starting a second pool. Nothing here is chosen because it exists: the autotuner
+times the matmul kernels against torch's, and `benchmarks/` measures the attention path. Without a
+C compiler, or with `LMOPT_NATIVE=0`, `library()` is None and torch's kernels run as before.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from lmopt.settings import lmopt_home
+
+SOURCES = [Path(__file__).with_name("qa8.c"), Path(__file__).with_name("attention.c")]
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+_P, _I64, _INT, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+SIGNATURES = {
+    "lmopt_qa8_linear": [_P, _I64, _I64, _INT, _P, _P, _P, _I64, _P],
+    "lmopt_qa8_vnni": [],
+    "lmopt_rope_attend_one": [_P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _F, _P],
+}
+
+
+def enabled() -> bool:
+    return os.environ.get("LMOPT_NATIVE", "1").lower() not in ("0", "false", "no", "off")
+
+
+def compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def build(cc: str, flags: list[str] = FLAGS, target: Path | None = None) -> Path:
+    """Compile SOURCES with `flags` (once per source, CPU, compiler and flags) and return the
+    library's path; `target` overrides where it goes (tests build other variants)."""
+    from lmopt.hardware import detect_hardware
+
+    if target is None:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
+        key = hashlib.sha256("\n".join([*(s.read_text() for s in SOURCES), detect_hardware().cpu, version,
+                                        *flags]).encode())
+        target = lmopt_home() / "native" / f"lmopt-{key.hexdigest()[:16]}.so"
+        if target.exists():
+            return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        built = Path(tmp) / target.name
+        subprocess.run([cc, *flags, *map(str, SOURCES), "-o", str(built), "-lm"], check=True,
+                       capture_output=True, text=True, timeout=120)
+        os.replace(built, target)  # atomic: a concurrent process sees no half-written library
+    return target
+
+
+def load(path: Path) -> Any:
+    """The library at `path` with every function's argument and result types declared."""
+    lib = ctypes.CDLL(str(path))
+    for name, args in SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = ctypes.c_int, args
+    return lib
+
+
+@lru_cache(maxsize=1)
+def library() -> Any | None:
+    """The loaded kernel library, or None (disabled, no compiler, compile or load failed)."""
+    cc = compiler() if enabled() else None
+    if cc is None:
+        return None
+    try:
+        return load(build(cc))
+    except (OSError, AttributeError, subprocess.SubprocessError):
+        return None
+
+
+def available() -> bool:
+    """The library is built with its vector (AVX-512 VNNI) paths; the portable loops are not worth timing."""
+    lib = library()
+    return lib is not None and bool(lib.lmopt_qa8_vnni())

@@ -1,0 +1,84 @@
+"""The C decode-attention path (lmopt/native/attention.c via serve/attention.native_rope_attend)
+against the torch path it replaces (apply_rotary, cache write, decode_attention) and against
+brute-force attention, and the engine's batch-1 step with it on and off."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmopt.models import tiny_llama
+from lmopt.native import library
+from lmopt.serve.attention import (
+    apply_rotary,
+    decode_attention,
+    native_rope_attend,
+    reference_attention,
+    rotary_tables,
+)
+from lmopt.serve.config import EngineConfig
+from lmopt.serve.engine import Engine
+from lmopt.serve.runner import Segment, StepInputs
+
+pytestmark = pytest.mark.skipif(library() is None, reason="lmopt's C kernels need a C compiler")
+
+
+@pytest.mark.parametrize("heads,kv_heads,head_dim,position", [(9, 3, 64, 0), (9, 3, 64, 37), (4, 4, 32, 5),
+                                                              (8, 2, 128, 300)])
+def test_one_token_matches_the_torch_path_and_brute_force(heads, kv_heads, head_dim, position):
+    torch.manual_seed(position)
+    slots, max_len, slot, scale = 3, 512, 1, head_dim ** -0.5
+    kc = torch.randn(slots, kv_heads, max_len, head_dim).bfloat16()
+    vc = torch.randn(slots, kv_heads, max_len, head_dim).bfloat16()
+    qkv = torch.randn(1, (heads + 2 * kv_heads) * head_dim).bfloat16()
+    angle = position / 10000 ** (torch.arange(head_dim // 2) * 2 / head_dim)
+    cos, sin = torch.cat([angle.cos()] * 2)[None].bfloat16(), torch.cat([angle.sin()] * 2)[None].bfloat16()
+    rope = rotary_tables(cos, sin)
+
+    # the torch path, on copies of the cache
+    kt, vt = kc.clone(), vc.clone()
+    width = (heads + kv_heads) * head_dim
+    qk = apply_rotary(qkv[:, :width].view(1, -1, head_dim), *rope)
+    q, k, v = qk[:, :heads], qk[:, heads:], qkv[:, width:].view(1, -1, head_dim)
+    kt[slot, :, position], vt[slot, :, position] = k[0], v[0]
+    expected = decode_attention(q, kt[slot:slot + 1, :, :position + 1], vt[slot:slot + 1, :, :position + 1],
+                                None, scale).reshape(1, -1)
+
+    got = native_rope_attend(heads, kv_heads, head_dim, scale, torch.bfloat16)(qkv, *rope, kc, vc, slot, position)
+    # the cache holds the same rotated k (up to one bf16 rounding: fp32 vs bf16 intermediate) and v
+    torch.testing.assert_close(kc[slot, :, position].float(), kt[slot, :, position].float(), rtol=1e-2, atol=1e-2)
+    assert torch.equal(vc, vt) and torch.equal(kc[:, :, :position], kt[:, :, :position])
+    torch.testing.assert_close(got.float(), expected.float(), rtol=2e-2, atol=2e-2)
+    brute = reference_attention(q[0][None].float(), kt[slot, :, :position + 1].float(),
+                                vt[slot, :, :position + 1].float(), position, scale)
+    torch.testing.assert_close(got.float(), brute.reshape(1, -1), rtol=2e-2, atol=2e-2)
+
+
+def test_it_declines_what_it_does_not_take():
+    assert native_rope_attend(9, 3, 64, 0.125, torch.float32) is None  # bf16 only
+    assert native_rope_attend(9, 3, 512, 0.125, torch.bfloat16) is None  # head_dim over 256
+    attend = native_rope_attend(4, 2, 16, 0.25, torch.bfloat16)
+    cache = torch.zeros(1, 2, 8, 16, dtype=torch.bfloat16)
+    table = torch.ones(1, 1, 16, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="position 8"):
+        attend(torch.zeros(1, 128, dtype=torch.bfloat16), table, table, cache, cache.clone(), 0, 8)
+
+
+def test_engine_batch1_step_agrees_with_the_torch_path():
+    loaded = tiny_llama(hidden_size=128, num_heads=4, num_kv_heads=2)
+    loaded.model.to(torch.bfloat16)
+    engine = Engine(loaded, EngineConfig(threads=1, max_batch=2, max_model_len=64, kv_cache_mb=4))
+    runner = engine.runner
+    assert runner.rope_attend is not None
+    prompt = [5, 9, 11, 40, 7, 3]
+    logits = {}
+    for native in (True, False):
+        saved = runner.rope_attend
+        runner.rope_attend = saved if native else None
+        cache = runner.new_cache(2, 64)
+        runner.forward(StepInputs(prompt, list(range(6)), [0] * 6, 0, [Segment(0, 6, 0, 0)], [5]), cache)
+        rows = [runner.forward(StepInputs([t], [6 + i], [0], 1, [], [0]), cache) for i, t in enumerate((12, 13, 14))]
+        logits[native] = torch.cat(rows)
+        runner.rope_attend = saved
+    torch.testing.assert_close(logits[True], logits[False], rtol=0.05, atol=0.05)
+    assert torch.equal(logits[True].argmax(-1), logits[False].argmax(-1))
