@@ -42,7 +42,7 @@ def _call(lib, x: torch.Tensor, kernel: dict) -> torch.Tensor:
 
 
 @needs_kernel
-@pytest.mark.parametrize("bits,group,rows", [(4, 32, 1), (4, 64, 3), (4, 160, 2), (3, 32, 1), (8, 32, 1),
+@pytest.mark.parametrize("bits,group,rows", [(4, 32, 1), (4, 64, 11), (4, 160, 2), (3, 32, 1), (8, 32, 1),
                                              (8, 160, 4), (6, 64, 1)])
 def test_kernel_is_the_dequantized_weight_times_rounded_activations(bits, group, rows):
     qw, weight = _case(bits, group)

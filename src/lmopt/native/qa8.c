@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
+#define M_CHUNK 8
 #if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #include <immintrin.h>
 #define LMOPT_VNNI 1
@@ -101,6 +102,39 @@ static inline __m512 group_dot(const uint8_t *q, int bits, const uint16_t *ws, c
     return acc;
 }
 
+/* group_dot for ROWS4 activation rows at once: each 64-byte code vector is loaded and unpacked once
+ * and meets all four rows (prompt chunks: the unpacking, not the VNNI dots, bounds a single row). */
+#define ROWS4 4
+static inline void group_dot4(const uint8_t *q, int bits, const uint16_t *ws, const uint16_t *wz, int64_t nb,
+                              const int8_t *xq, int64_t K, const float *d, const float *s, __m512 *acc) {
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    const int64_t block = 64 * bits;
+    for (int r = 0; r < ROWS4; r++) acc[r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *qb = q + b * block;
+        __m512i dot[ROWS4];
+        for (int r = 0; r < ROWS4; r++) dot[r] = _mm512_setzero_si512();
+        for (int j = 0; j < 8; j++) {  /* inputs 4j..4j+3 of the block */
+            __m512i v;
+            if (bits == 4) {
+                __m512i packed = _mm512_loadu_si512((const void *)(qb + (j / 2) * 64));
+                v = _mm512_and_si512(j % 2 ? _mm512_srli_epi16(packed, 4) : packed, low);
+            } else {
+                v = _mm512_loadu_si512((const void *)(qb + j * 64));
+            }
+            for (int r = 0; r < ROWS4; r++)
+                dot[r] = _mm512_dpbusd_epi32(dot[r], v, _mm512_set1_epi32(((const int32_t *)(xq + r * K + b * 32))[j]));
+        }
+        __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(ws + b * 16)));
+        __m512 zero = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wz + b * 16)));
+        for (int r = 0; r < ROWS4; r++) {
+            __m512 t = _mm512_fmsub_ps(_mm512_cvtepi32_ps(dot[r]), _mm512_set1_ps(d[r * nb + b]),
+                                       _mm512_mul_ps(zero, _mm512_set1_ps(s[r * nb + b])));
+            acc[r] = _mm512_fmadd_ps(scale, t, acc[r]);
+        }
+    }
+}
+
 static inline void store_bf16x16(uint16_t *y, __m512 v) {  /* round to nearest even */
     __m512i u = _mm512_castps_si512(v);
     __m512i bias = _mm512_add_epi32(_mm512_set1_epi32(0x7FFF),
@@ -162,21 +196,33 @@ int lmopt_qa8_linear(const uint16_t *x, int64_t M, int64_t K, int bits, const ui
         return 1;
     }
     for (int64_t m = 0; m < M; m++) quantize_row(x + m * K, K, xq + m * K, d + m * nb, s + m * nb);
-    /* groups of 16 W rows split over threads; a group's codes stay in L1 while every activation
-     * row passes */
-    #pragma omp parallel for schedule(static) if (N * K >= 65536)
-    for (int64_t g = 0; g < N / 16; g++) {
-        const uint8_t *q = wq + g * group_bytes;
-        const uint16_t *wsg = ws + g * 16 * nb, *wzg = wz + g * 16 * nb;
-        for (int64_t m = 0; m < M; m++) {
+    /* Activation rows in chunks of M_CHUNK (whose int8 copy stays in L1 while every group of W
+     * passes: the weights are the smaller stream for prompt chunks); within a chunk, groups of 16 W
+     * rows are split over threads, and a group's codes stay in L1 while the chunk's rows pass. */
+    for (int64_t m0 = 0; m0 < M; m0 += M_CHUNK) {
+        int64_t m1 = m0 + M_CHUNK < M ? m0 + M_CHUNK : M;
+        #pragma omp parallel for schedule(static) if (N * K >= 65536)
+        for (int64_t g = 0; g < N / 16; g++) {
+            const uint8_t *q = wq + g * group_bytes;
+            const uint16_t *wsg = ws + g * 16 * nb, *wzg = wz + g * 16 * nb;
+            int64_t m = m0;
 #ifdef LMOPT_VNNI
-            store_bf16x16(y + m * N + g * 16, group_dot(q, bits, wsg, wzg, nb, xq + m * K, d + m * nb,
-                                                        s + m * nb, PREFETCH_GROUPS * group_bytes));
-#else
-            for (int r = 0; r < 16; r++)
-                y[m * N + g * 16 + r] = float_to_bf16(row_dot(q, bits, wsg, wzg, nb, r, xq + m * K,
-                                                              d + m * nb, s + m * nb));
+            for (; m + ROWS4 <= m1; m += ROWS4) {
+                __m512 acc[ROWS4];
+                group_dot4(q, bits, wsg, wzg, nb, xq + m * K, K, d + m * nb, s + m * nb, acc);
+                for (int r = 0; r < ROWS4; r++) store_bf16x16(y + (m + r) * N + g * 16, acc[r]);
+            }
 #endif
+            for (; m < m1; m++) {
+#ifdef LMOPT_VNNI
+                store_bf16x16(y + m * N + g * 16, group_dot(q, bits, wsg, wzg, nb, xq + m * K, d + m * nb,
+                                                            s + m * nb, PREFETCH_GROUPS * group_bytes));
+#else
+                for (int r = 0; r < 16; r++)
+                    y[m * N + g * 16 + r] = float_to_bf16(row_dot(q, bits, wsg, wzg, nb, r, xq + m * K,
+                                                                  d + m * nb, s + m * nb));
+#endif
+            }
         }
     }
     free(xq); free(d); free(s);
