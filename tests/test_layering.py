@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-ORDER = ["models", "data", "train", "compress", "evaluate", "serve", "monitor", "pipeline", "tune", "export",
+ORDER = ["native", "models", "data", "train", "compress", "evaluate", "serve", "monitor", "pipeline", "tune", "export",
          "select"]
 TOP_FILES = {"cli", "demo", "report", "__main__"}
 

@@ -1,8 +1,8 @@
 """lmopt's own C kernels, compiled on first use with the system C compiler and called through ctypes.
 
-Two small C files, for the two places where no maintained library has a fast CPU kernel that lmopt
-can call per layer (torchao's x86 kernels are not in its PyPI wheel; llama.cpp's live inside its
-own runtime):
+Two small C files (and `bf16.h`, bf16 conversions), for the two places where no maintained library
+has a fast CPU kernel that lmopt can call per layer (torchao's x86 kernels are not in its PyPI
+wheel; llama.cpp's live inside its own runtime):
 - `qa8.c`: 4- and 8-bit weights x int8 activations (the `q4a8`/`q8a8` paths of a quantized linear,
   compress/quantize/native.py);
 - `attention.c`: one decode token's rotary embedding, KV-cache write and attention over the cache
@@ -28,9 +28,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from lmopt.hardware import detect_hardware
 from lmopt.settings import lmopt_home
 
 SOURCES = [Path(__file__).with_name("qa8.c"), Path(__file__).with_name("attention.c")]
+HEADERS = [Path(__file__).with_name("bf16.h")]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 _P, _I64, _INT, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 SIGNATURES = {
@@ -51,12 +53,10 @@ def compiler() -> str | None:
 def build(cc: str, flags: list[str] = FLAGS, target: Path | None = None) -> Path:
     """Compile SOURCES with `flags` (once per source, CPU, compiler and flags) and return the
     library's path; `target` overrides where it goes (tests build other variants)."""
-    from lmopt.hardware import detect_hardware
-
     if target is None:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
-        key = hashlib.sha256("\n".join([*(s.read_text() for s in SOURCES), detect_hardware().cpu, version,
-                                        *flags]).encode())
+        texts = [path.read_text() for path in SOURCES + HEADERS]
+        key = hashlib.sha256("\n".join([*texts, detect_hardware().cpu, version, *flags]).encode())
         target = lmopt_home() / "native" / f"lmopt-{key.hexdigest()[:16]}.so"
         if target.exists():
             return target

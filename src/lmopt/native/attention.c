@@ -13,28 +13,17 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include "bf16.h"
 
 #define MAX_HEAD_DIM 256
-
-static inline float bf(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline uint16_t to_bf(float f) {  /* round to nearest even, as torch does */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u += 0x7FFF + ((u >> 16) & 1);
-    return (uint16_t)(u >> 16);
-}
 
 /* x (D bf16) rotated by the tables, rounded to bf16, into out (D bf16) */
 static void rotate(const uint16_t *x, const float *c, const float *s, int64_t D, uint16_t *out) {
     int64_t half = D / 2;
-    for (int64_t i = 0; i < D; i++)
-        out[i] = to_bf(bf(x[i]) * c[i] + bf(x[i < half ? i + half : i - half]) * s[i]);
+    for (int64_t i = 0; i < D; i++) {
+        float partner = bf16_to_float(x[i < half ? i + half : i - half]);
+        out[i] = float_to_bf16(bf16_to_float(x[i]) * c[i] + partner * s[i]);
+    }
 }
 
 /* qkv: (H + 2 KVH) * D bf16, the fused projection's output row (q heads, k heads, v heads);
@@ -51,8 +40,8 @@ int lmopt_rope_attend_one(const uint16_t *qkv, const uint16_t *cos, const uint16
     int64_t group = heads / kv_heads;
     float c[MAX_HEAD_DIM], s[MAX_HEAD_DIM];
     for (int64_t i = 0; i < D; i++) {
-        c[i] = bf(cos[i]);
-        s[i] = bf(ssin[i]);
+        c[i] = bf16_to_float(cos[i]);
+        s[i] = bf16_to_float(ssin[i]);
     }
     for (int64_t kh = 0; kh < kv_heads; kh++) {
         rotate(qkv + (heads + kh) * D, c, s, D, kc + (kh * max_len + position) * D);
@@ -65,12 +54,12 @@ int lmopt_rope_attend_one(const uint16_t *qkv, const uint16_t *cos, const uint16
         uint16_t qb[MAX_HEAD_DIM];
         float q[MAX_HEAD_DIM], acc[MAX_HEAD_DIM], *sc = scores + h * span, top = -INFINITY, total = 0.f;
         rotate(qkv + h * D, c, s, D, qb);
-        for (int64_t i = 0; i < D; i++) q[i] = bf(qb[i]) * scale;
+        for (int64_t i = 0; i < D; i++) q[i] = bf16_to_float(qb[i]) * scale;
         const uint16_t *K = kc + (h / group) * max_len * D, *V = vc + (h / group) * max_len * D;
         for (int64_t l = 0; l < span; l++) {
             float dot = 0.f;
             #pragma omp simd reduction(+:dot)
-            for (int64_t i = 0; i < D; i++) dot += q[i] * bf(K[l * D + i]);
+            for (int64_t i = 0; i < D; i++) dot += q[i] * bf16_to_float(K[l * D + i]);
             sc[l] = dot;
             top = fmaxf(top, dot);
         }
@@ -78,9 +67,9 @@ int lmopt_rope_attend_one(const uint16_t *qkv, const uint16_t *cos, const uint16
         for (int64_t l = 0; l < span; l++) {
             float p = expf(sc[l] - top);
             total += p;
-            for (int64_t i = 0; i < D; i++) acc[i] += p * bf(V[l * D + i]);
+            for (int64_t i = 0; i < D; i++) acc[i] += p * bf16_to_float(V[l * D + i]);
         }
-        for (int64_t i = 0; i < D; i++) out[h * D + i] = to_bf(acc[i] / total);
+        for (int64_t i = 0; i < D; i++) out[h * D + i] = float_to_bf16(acc[i] / total);
     }
     free(scores);
     return 0;

@@ -24,26 +24,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
+#include "bf16.h"
 #define M_CHUNK 8
 #if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #include <immintrin.h>
 #define LMOPT_VNNI 1
 #define PREFETCH_GROUPS 2
 #endif
-
-static inline float bf16_to_float(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline uint16_t float_to_bf16(float f) {  /* round to nearest even, as torch does */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u += 0x7FFF + ((u >> 16) & 1);
-    return (uint16_t)(u >> 16);
-}
 
 /* One row of x (K bf16) -> xq (K int8), d and s (K/32 floats each). */
 static void quantize_row(const uint16_t *x, int64_t K, int8_t *xq, float *d, float *s) {

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lmopt.native import library
+
 
 def rotary_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """HF's cos/sin (N, D) -> (N, 1, D) tables for `apply_rotary`, sin with the rotation's signs folded in.
@@ -101,8 +103,6 @@ def native_rope_attend(heads: int, kv_heads: int, head_dim: int, scale: float, d
     dtype other than bf16, head_dim over 256). The returned function takes the fused projection's
     output row qkv (1, (H + 2 KVH) * D), the step's rotary tables (1, 1, D) each, this layer's cache
     tensors (slots, KVH, max_len, D), the slot and position, and returns (1, H * D)."""
-    from lmopt.native import library
-
     lib = library()
     if lib is None or dtype != torch.bfloat16 or head_dim > 256 or heads % kv_heads:
         return None
