@@ -48,10 +48,11 @@ MIN_WEIGHTS = 1 << 16
 """Layers smaller than this (tiny test models) keep the default plan without measuring."""
 KERNELS = ("int4", "int8", "w8a8", "q4a8", "q8a8")
 DENSE = {"bf16": torch.bfloat16, "fp32": torch.float32}
-TIMING_METHOD = 4
+TIMING_METHOD = 5
 """Version of the timing procedure: a cache written by another one is measured again (method 1 timed
 the first call with its one-time costs and could reject the fastest path; method 2 timed the slower
-4-bit de-quantization that preceded unpacking by nibbles; method 3 did not time the C kernels)."""
+4-bit de-quantization that preceded unpacking by nibbles; method 3 did not time the C kernels;
+method 4 timed them before their multi-row path)."""
 MARGIN = 0.03
 """A dense path must beat the low-bit kernel by this fraction to replace it (timing noise; the
 kernel reads fewer bytes and needs no dense copy)."""
