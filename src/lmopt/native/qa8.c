@@ -182,6 +182,7 @@ int lmopt_qa8_linear(const uint16_t *x, int64_t M, int64_t K, int bits, const ui
         free(xq); free(d); free(s);
         return 1;
     }
+    #pragma omp parallel for schedule(static) if (M * K >= 16384)
     for (int64_t m = 0; m < M; m++) quantize_row(x + m * K, K, xq + m * K, d + m * nb, s + m * nb);
     /* Activation rows in chunks of M_CHUNK (whose int8 copy stays in L1 while every group of W
      * passes: the weights are the smaller stream for prompt chunks); within a chunk, groups of 16 W
