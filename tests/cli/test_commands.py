@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from lmopt.hardware import detect_hardware
+from lmopt.native import status as native_status
 
 
 def lmopt(*args, env=None):
@@ -52,6 +53,7 @@ def test_hw_reports_bandwidth(tmp_path):
     del facts["bandwidth_gbs"]
     assert {key: info[key] for key in facts} == facts
     assert info["bandwidth_gbs"] > 0  # a measurement: no reference value on a shared machine
+    assert info["native_kernels"] == native_status()  # whether lmopt's C kernels run here, and why not
 
 
 def test_the_cli_starts_without_torch():

@@ -15,6 +15,7 @@ from lmopt.hardware import decode_roofline, detect_hardware, measure_bandwidth, 
 from lmopt.io import write_json
 from lmopt.models import load_model
 from lmopt.monitor import Registry, enable_alias_references
+from lmopt.native import status as native_status
 from lmopt.pipeline import load_recipe_file, run_recipe
 from lmopt.report import hardware_table, runs_table
 
@@ -64,6 +65,7 @@ def hw_cmd(model: str | None = typer.Option(None, "--model", help="Also show thi
     hw = detect_hardware()
     hw.bandwidth_gbs = round(measure_bandwidth(device=hw.device if hw.device == "cuda" else "cpu"), 2)
     info: dict[str, Any] = hw.to_dict()
+    info["native_kernels"] = native_status()
     if model:
         from lmopt.compress.quantize.autotune import kernel_plan  # lazy: torch; `lmopt --help` stays fast
 

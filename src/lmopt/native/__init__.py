@@ -90,6 +90,20 @@ def library() -> Any | None:
         return None
 
 
+def status() -> str:
+    """One line for `lmopt hw`: whether lmopt's C kernels run here, and if not, why."""
+    if not enabled():
+        return "off (LMOPT_NATIVE=0): torch kernels only"
+    if compiler() is None:
+        return "no C compiler (cc/gcc, or $CC): torch kernels only"
+    lib = library()
+    if lib is None:
+        return "the C compiler failed to build them: torch kernels only"
+    if not lib.lmopt_qa8_vnni():
+        return "built without AVX-512 VNNI: the q4a8/q8a8 kernels are not offered"
+    return "built with AVX-512 VNNI: q4a8/q8a8 timed against torch's kernels, C attention for batch-1 decode"
+
+
 def available() -> bool:
     """The library is built with its vector (AVX-512 VNNI) paths; the portable loops are not worth timing."""
     lib = library()
