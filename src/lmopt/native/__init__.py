@@ -1,12 +1,13 @@
 """lmopt's own C kernels, compiled on first use with the system C compiler and called through ctypes.
 
-Two small C files (and `bf16.h`, bf16 conversions), for the two places where no maintained library
+Small C files (and `bf16.h`, bf16 conversions), for the two places where no maintained library
 has a fast CPU kernel that lmopt can call per layer (torchao's x86 kernels are not in its PyPI
 wheel; llama.cpp's live inside its own runtime):
 - `qa8.c`: 4- and 8-bit weights x int8 activations (the `q4a8`/`q8a8` paths of a quantized linear,
   compress/quantize/native.py);
-- `attention.c`: one decode token's rotary embedding, KV-cache write and attention over the cache
-  (the serving engine's batch-1 step, serve/attention.py).
+- `attention.c`: one decode token's rotary embedding, KV-cache write and attention over the cache,
+  and `elementwise.c`: residual add + RMSNorm, SiLU * up (the serving engine's batch-1 step,
+  serve/attention.py and serve/runner.py).
 
 They are compiled together (`-O3 -march=native -fopenmp`) into `$LMOPT_HOME/native/`, once per
 source, CPU and compiler (atomically, so concurrent processes never load a half-written library).
@@ -31,7 +32,7 @@ from typing import Any
 from lmopt.hardware import detect_hardware
 from lmopt.settings import lmopt_home
 
-SOURCES = [Path(__file__).with_name("qa8.c"), Path(__file__).with_name("attention.c")]
+SOURCES = [Path(__file__).with_name(name) for name in ("qa8.c", "attention.c", "elementwise.c")]
 HEADERS = [Path(__file__).with_name("bf16.h")]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 _P, _I64, _INT, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
@@ -39,6 +40,8 @@ SIGNATURES = {
     "lmopt_qa8_linear": [_P, _I64, _I64, _INT, _P, _P, _P, _I64, _P],
     "lmopt_qa8_vnni": [],
     "lmopt_rope_attend_one": [_P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _F, _P],
+    "lmopt_add_rms_norm": [_P, _P, _P, _I64, _F, _P],
+    "lmopt_silu_mul": [_P, _I64, _P],
 }
 
 

@@ -8,8 +8,8 @@ comes in two shapes:
   per-row length mask;
 - prefill chunk: T new tokens of one sequence after `start` cached ones, causal within the chunk.
 
-A single decode token (batch 1) in bf16 can instead take `native_rope_attend`: lmopt's C function
-doing rotary, cache write and attention in one call (same math; results agree to bf16 rounding).
+A single decode token (batch 1) in bf16 can instead take lmopt's C function doing rotary, cache write
+and attention in one call (`native_ops.py`; same math, results agree to bf16 rounding).
 
 Grouped-query attention is done without repeating K/V: the G query heads that share a KV head are
 folded into the query-length axis, (B, H, 1, D) -> (B, KVH, G, D), so SDPA reads each K/V once.
@@ -17,13 +17,10 @@ folded into the query-length axis, (B, H, 1, D) -> (B, KVH, G, D), so SDPA reads
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-from lmopt.native import library
 
 
 def rotary_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,31 +90,6 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
     qg = q.view(t, kvh, g, d).permute(1, 2, 0, 3).reshape(kvh, g * t, d)  # rows ordered (g, t)
     out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=scale)  # (KVH, G*T, D)
     return out.view(kvh, g, t, d).permute(2, 0, 1, 3).reshape(t, h, d)
-
-
-def native_rope_attend(heads: int, kv_heads: int, head_dim: int, scale: float, dtype: torch.dtype
-                       ) -> Callable[..., torch.Tensor] | None:
-    """lmopt's C path for one decode token (lmopt/native/attention.c): rotary on q and k, the cache
-    write and attention over the cache in one call, instead of about fifteen small torch ops whose
-    fixed costs exceed their arithmetic at batch 1. None where it does not apply (no C library, a
-    dtype other than bf16, head_dim over 256). The returned function takes the fused projection's
-    output row qkv (1, (H + 2 KVH) * D), the step's rotary tables (1, 1, D) each, this layer's cache
-    tensors (slots, KVH, max_len, D), the slot and position, and returns (1, H * D)."""
-    lib = library()
-    if lib is None or dtype != torch.bfloat16 or head_dim > 256 or heads % kv_heads:
-        return None
-    call = lib.lmopt_rope_attend_one
-
-    def rope_attend(qkv: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, kc: torch.Tensor,
-                    vc: torch.Tensor, slot: int, position: int) -> torch.Tensor:
-        out = torch.empty(1, heads * head_dim, dtype=dtype)
-        slot_bytes = kc.stride(0) * kc.element_size()  # (slots, KVH, max_len, D), contiguous
-        if call(qkv.data_ptr(), cos.data_ptr(), signed_sin.data_ptr(), kc.data_ptr() + slot * slot_bytes,
-                vc.data_ptr() + slot * slot_bytes, heads, kv_heads, head_dim, kc.shape[2], position, scale,
-                out.data_ptr()):
-            raise RuntimeError(f"native attention refused position {position} (cache length {kc.shape[2]})")
-        return out
-    return rope_attend
 
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int,

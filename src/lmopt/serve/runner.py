@@ -27,7 +27,6 @@ from lmopt.serve.attention import (
     apply_rotary,
     decode_attention,
     decode_mask,
-    native_rope_attend,
     one_row_rms_norm,
     prefill_attention,
     prefill_mask,
@@ -35,8 +34,11 @@ from lmopt.serve.attention import (
 )
 from lmopt.serve.fused import FusedLinear, fuse_linears
 from lmopt.serve.kv_cache import KVCache, bytes_per_token
+from lmopt.serve.native_ops import NativeRowOps, native_rope_attend
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+SILU_MODULES = ("SiLU", "SiLUActivation")
+"""torch's and transformers' SiLU modules: an MLP with one of these may run its activation in C."""
 
 
 @dataclass
@@ -113,9 +115,14 @@ class ModelRunner:
         self.plan = [_LayerPlan.build(layer, self.qkv[i], self.gate_up[i], self.fused_norm)
                      for i, layer in enumerate(self.layers)]
         # a batch-1 decode token's rotary, cache write and attention in one C call, where it applies
+        on_cpu = self.device.type == "cpu"
         self.rope_attend = native_rope_attend(self.num_heads, self.kv_heads, self.head_dim, self.scale,
-                                              self.dtype) if self.device.type == "cpu" else None
+                                              self.dtype) if on_cpu else None
+        # and its norms, residual adds and SiLU (needs RMSNorms, fused gate/up and a SiLU MLP everywhere)
+        row_ops = NativeRowOps.create(self.dtype) if on_cpu and self.fused_norm else None
+        self.row_ops = row_ops if row_ops and all(p.gate_up_joint is not None for p in self.plan) else None
         self.final_norm = _rms_norm(self.norm, self.fused_norm)
+        self.final_rms = (self.norm.weight, self.norm.variance_epsilon) if self.fused_norm else None
 
     def token_bytes(self) -> int:
         return bytes_per_token(len(self.layers), self.kv_heads, self.head_dim, self.dtype)
@@ -131,11 +138,24 @@ class ModelRunner:
         tokens = torch.tensor(inp.tokens, dtype=torch.long, device=dev)
         x = self.embed(tokens)  # (N, hidden)
         step = _Step.build(inp, x, self.rotary, self.num_heads // self.kv_heads)
+        if step.one is not None and self.row_ops is not None and x.dtype == self.dtype:
+            return self._forward_one(x.contiguous(), step, cache)
         for i, plan in enumerate(self.plan):
             x = x + self._attention(i, plan, plan.in_norm(x), step, cache)
             x = x + plan.mlp(plan.post_norm(x))
         rows = torch.tensor(inp.logit_rows, dtype=torch.long, device=dev)
         return self.lm_head(self.final_norm(x.index_select(0, rows))).float()
+
+    def _forward_one(self, x: torch.Tensor, step: _Step, cache: KVCache) -> torch.Tensor:
+        """`forward` for a single token (batch-1 decode) with the small ops in C (`native_ops.py`):
+        x (1, hidden) is the residual stream, updated in place; each add + norm is one call."""
+        ops, plans = self.row_ops, self.plan
+        h = ops.add_norm(x, None, *plans[0].in_rms)
+        for i, plan in enumerate(plans):
+            h = ops.add_norm(x, self._attention(i, plan, h, step, cache), *plan.post_rms)
+            mlp_out = plan.down(ops.silu_mul(plan.gate_up_joint(h)))
+            h = ops.add_norm(x, mlp_out, *(plans[i + 1].in_rms if i + 1 < len(plans) else self.final_rms))
+        return self.lm_head(h).float()  # the step's only logit row
 
     def _attention(self, layer_idx: int, plan: _LayerPlan, h: torch.Tensor, step: _Step,
                    cache: KVCache) -> torch.Tensor:
@@ -216,6 +236,12 @@ class _LayerPlan:
     """The stacked q/k/v matmul without the split, when there is one and no q/k norm."""
     o_proj: Callable[[torch.Tensor], torch.Tensor]
     mlp: Callable[[torch.Tensor], torch.Tensor]
+    in_rms: tuple[torch.Tensor, float] | None = None
+    post_rms: tuple[torch.Tensor, float] | None = None
+    """The norms' (weight, eps), for the C add + norm of a batch-1 step (RMSNorms only)."""
+    gate_up_joint: Callable[[torch.Tensor], torch.Tensor] | None = None
+    """The stacked gate/up matmul without the split, when the MLP is SiLU(gate) * up (C `silu_mul`)."""
+    down: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @classmethod
     def build(cls, layer: Any, qkv: FusedLinear | None, gate_up: FusedLinear | None,
@@ -235,9 +261,13 @@ class _LayerPlan:
                 return down(act(gate) * up)
         qk_norm = (attn.q_norm, attn.k_norm) if hasattr(attn, "q_norm") else None
         joint = _direct(qkv.inner) if qkv is not None and qk_norm is None else None
+        rms = lambda norm: (norm.weight, norm.variance_epsilon) if fused_norm else None  # noqa: E731
+        silu = gate_up is not None and type(mlp.act_fn).__name__ in SILU_MODULES
         return cls(_rms_norm(layer.input_layernorm, fused_norm),
                    _rms_norm(layer.post_attention_layernorm, fused_norm),
-                   qkv_fn, qk_norm, joint, _direct(attn.o_proj), mlp_fn)
+                   qkv_fn, qk_norm, joint, _direct(attn.o_proj), mlp_fn,
+                   rms(layer.input_layernorm), rms(layer.post_attention_layernorm),
+                   _direct(gate_up.inner) if silu else None, _direct(mlp.down_proj) if silu else None)
 
 
 @dataclass

@@ -60,7 +60,8 @@ def linear(x: torch.Tensor, kernel: dict[str, Any]) -> torch.Tensor:
     lib = library()
     if lib is None:
         raise RuntimeError("lmopt's C kernels are not available (no C compiler, or LMOPT_NATIVE=0)")
-    x = x.to(torch.bfloat16).contiguous()
+    if x.dtype != torch.bfloat16 or not x.is_contiguous():  # (a no-op .to() still costs ~1 us a call)
+        x = x.to(torch.bfloat16).contiguous()
     n, k = kernel["shape"]
     y = torch.empty(x.shape[0], n, dtype=torch.bfloat16)
     if x.shape[0] == 0 and x.shape[1] == k:

@@ -1,6 +1,7 @@
-"""The C decode-attention path (lmopt/native/attention.c via serve/attention.native_rope_attend)
-against the torch path it replaces (apply_rotary, cache write, decode_attention) and against
-brute-force attention, and the engine's batch-1 step with it on and off."""
+"""The batch-1 decode step's C functions (serve/native_ops.py, lmopt/native/attention.c and
+elementwise.c) against the torch ops they replace: attention (apply_rotary, cache write,
+decode_attention, and brute force), HF's RMSNorm after a residual add, SiLU * up; and the engine's
+batch-1 step with them on and off."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ from lmopt.native import library
 from lmopt.serve.attention import (
     apply_rotary,
     decode_attention,
-    native_rope_attend,
     reference_attention,
     rotary_tables,
 )
 from lmopt.serve.config import EngineConfig
 from lmopt.serve.engine import Engine
+from lmopt.serve.native_ops import NativeRowOps, native_rope_attend
 from lmopt.serve.runner import Segment, StepInputs
 
 pytestmark = pytest.mark.skipif(library() is None, reason="lmopt's C kernels need a C compiler")
@@ -64,21 +65,50 @@ def test_it_declines_what_it_does_not_take():
         attend(torch.zeros(1, 128, dtype=torch.bfloat16), table, table, cache, cache.clone(), 0, 8)
 
 
+@pytest.mark.parametrize("width", [576, 64, 100])
+def test_add_norm_is_hf_rms_norm_after_a_bf16_residual_add(width):
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    torch.manual_seed(width)
+    norm = LlamaRMSNorm(width, eps=1e-5).to(torch.bfloat16)
+    norm.weight.data.normal_(1.0, 0.3)
+    x, delta = (torch.randn(1, width) * 3).bfloat16(), torch.randn(1, width).bfloat16()
+    ops = NativeRowOps.create(torch.bfloat16)
+    expected_x = x + delta
+    expected = norm(expected_x)
+    got = ops.add_norm(x, delta, norm.weight, 1e-5)
+    assert torch.equal(x, expected_x)  # the residual is updated in place, exactly as torch adds in bf16
+    # one bf16 ulp at most (fp32 summation order of the mean square)
+    torch.testing.assert_close(got.float(), expected.float(), rtol=8e-3, atol=1e-6)
+    torch.testing.assert_close(ops.add_norm(x, None, norm.weight, 1e-5).float(), expected.float(),
+                               rtol=8e-3, atol=1e-6)
+
+
+def test_silu_mul_is_torch_silu_times_up():
+    torch.manual_seed(0)
+    gate_up = (torch.randn(1, 2 * 1536) * 4).bfloat16()
+    gate, up = gate_up.split(1536, dim=-1)
+    expected = torch.nn.functional.silu(gate) * up
+    got = NativeRowOps.create(torch.bfloat16).silu_mul(gate_up)
+    torch.testing.assert_close(got.float(), expected.float(), rtol=8e-3, atol=1e-6)
+    assert NativeRowOps.create(torch.float32) is None  # bf16 rows only
+
+
 def test_engine_batch1_step_agrees_with_the_torch_path():
     loaded = tiny_llama(hidden_size=128, num_heads=4, num_kv_heads=2)
     loaded.model.to(torch.bfloat16)
     engine = Engine(loaded, EngineConfig(threads=1, max_batch=2, max_model_len=64, kv_cache_mb=4))
     runner = engine.runner
-    assert runner.rope_attend is not None
+    assert runner.rope_attend is not None and runner.row_ops is not None
     prompt = [5, 9, 11, 40, 7, 3]
     logits = {}
     for native in (True, False):
-        saved = runner.rope_attend
-        runner.rope_attend = saved if native else None
+        saved = runner.rope_attend, runner.row_ops
+        runner.rope_attend, runner.row_ops = saved if native else (None, None)
         cache = runner.new_cache(2, 64)
         runner.forward(StepInputs(prompt, list(range(6)), [0] * 6, 0, [Segment(0, 6, 0, 0)], [5]), cache)
         rows = [runner.forward(StepInputs([t], [6 + i], [0], 1, [], [0]), cache) for i, t in enumerate((12, 13, 14))]
         logits[native] = torch.cat(rows)
-        runner.rope_attend = saved
+        runner.rope_attend, runner.row_ops = saved
     torch.testing.assert_close(logits[True], logits[False], rtol=0.05, atol=0.05)
     assert torch.equal(logits[True].argmax(-1), logits[False].argmax(-1))
