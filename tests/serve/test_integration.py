@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lmopt.native import library
 from lmopt.serve.config import EngineConfig
 from lmopt.serve.engine import Engine
 from lmopt.serve.sampling import SamplingParams
@@ -30,3 +31,22 @@ def test_embedded_model_concurrent_greedy_equals_generate(embedded) -> None:
                                           do_sample=False, pad_token_id=tok.pad_token_id)[0, len(prompt):]
         assert out.token_ids == ref.tolist()
     assert "Paris" in outs[0].text
+
+
+@pytest.mark.integration
+def test_embedded_model_batch1_decode_in_c_equals_generate(embedded) -> None:
+    """One request at a time: every decode step runs the C attention and row ops (native_ops.py)
+    where the library is built; greedy tokens still equal `generate`'s."""
+    tok = embedded.tokenizer
+    engine = Engine(embedded, EngineConfig(max_batch=1, max_model_len=256, kv_cache_mb=32, threads=1))
+    if library() is not None and embedded.model.dtype == torch.bfloat16:
+        assert engine.runner.rope_attend is not None and engine.runner.row_ops is not None
+    prompts = [tok(text, add_special_tokens=False)["input_ids"]
+               for text in ("The Python standard library is", "Photosynthesis converts")]
+    outs = engine.generate(prompts, SamplingParams(max_tokens=12, temperature=0))
+    for prompt, out in zip(prompts, outs, strict=True):
+        ids = torch.tensor([prompt])
+        with torch.inference_mode():
+            ref = embedded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
+                                          do_sample=False, pad_token_id=tok.pad_token_id)[0, len(prompt):]
+        assert out.token_ids == ref.tolist()
