@@ -127,7 +127,9 @@ def test_auto_measures_once_then_reads_the_cache_and_every_row_count_matches_deq
         for rows in (1, 5, 32, 200):
             x = torch.randn(rows, 512)
             reference = x.bfloat16().float() @ layer.dequantize().T + layer.bias
-            torch.testing.assert_close(layer(x), reference, rtol=0.02, atol=0.03)
+            # lmopt's C kernels also round activations to int8 per block of 32 (y's std here ~2.3)
+            atol = 0.08 if layer.plan.path(rows) in native.KERNEL_BITS else 0.03
+            torch.testing.assert_close(layer(x), reference, rtol=0.02, atol=atol)
 
 
 @pytest.mark.parametrize("bits,group,sym,act", [(4, 32, False, False), (8, 0, True, False),

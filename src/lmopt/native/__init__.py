@@ -53,6 +53,13 @@ def compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
+def source_key() -> str:
+    """A hash of the C sources and flags: what timings of these kernels depend on besides the CPU
+    (the autotuner's cache is measured again when it changes)."""
+    texts = [path.read_text() for path in SOURCES + HEADERS]
+    return hashlib.sha256("\n".join([*texts, *FLAGS]).encode()).hexdigest()[:16]
+
+
 def build(cc: str, flags: list[str] = FLAGS, target: Path | None = None) -> Path:
     """Compile SOURCES with `flags` (once per source, CPU, compiler and flags) and return the
     library's path; `target` overrides where it goes (tests build other variants)."""

@@ -17,10 +17,11 @@ a candidate, so with a dense copy allowed a quantized layer is never slower than
 
 Timings (not decisions, so that `cache_dense` can change without measuring again) are cached as
 JSON in `$LMOPT_HOME/kernels/<cpu model>-torch-<version>.json`, keyed by layout, shape and thread
-count: a model costs seconds once per machine. Layers under MIN_WEIGHTS weights (timings would be
-call overhead and noise) and layers off the CPU get the fixed default plan (kernel up to 32 rows,
-dense bf16 above); `LMOPT_AUTOTUNE=0` turns measurement off everywhere. `kernel_plan(model)` lists
-which path each layer class runs and why.
+count, and measured again when lmopt's C sources change (`lmopt.native.source_key`): a model costs
+seconds once per machine. Layers under MIN_WEIGHTS weights (timings would be call overhead and
+noise) and layers off the CPU get the fixed default plan (kernel up to 32 rows, dense bf16 above);
+`LMOPT_AUTOTUNE=0` turns measurement off everywhere. `kernel_plan(model)` lists which path each
+layer class runs and why.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import torch
 
 from lmopt.hardware import detect_hardware
 from lmopt.io import write_json
+from lmopt.native import source_key
 from lmopt.settings import lmopt_home
 
 ROWS = (1, 8, 32, 512)
@@ -236,7 +238,7 @@ def load_timings(path: Path | None = None) -> dict[str, Any]:
         try:
             data = json.loads(path.read_text())
             if data.get("cpu") == detect_hardware().cpu and data.get("torch") == torch.__version__ \
-                    and data.get("method") == TIMING_METHOD:
+                    and data.get("method") == TIMING_METHOD and data.get("native") == source_key():
                 entries = dict(data.get("timings", {}))
         except (OSError, ValueError, AttributeError):
             pass  # no cache yet, or a damaged one: measure again and rewrite it
@@ -250,6 +252,7 @@ def save_timings(key: str, timings: dict[str, Any], path: Path | None = None) ->
     entries = load_timings(path)
     entries[key] = timings
     return write_json(path, {"cpu": detect_hardware().cpu, "torch": torch.__version__, "method": TIMING_METHOD,
+                             "native": source_key(),
                              "timings": entries})
 
 
