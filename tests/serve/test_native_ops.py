@@ -102,6 +102,9 @@ def test_engine_batch1_step_agrees_with_the_torch_path():
     assert runner.rope_attend is not None and runner.row_ops is not None
     prompt = [5, 9, 11, 40, 7, 3]
     logits = {}
+    assert runner.rope_attend_limit in (0, 128, 512, 2048, 8192)  # measured at start (2048 on the EPYC)
+    limit = runner.rope_attend_limit
+    runner.rope_attend_limit = 8  # positions 6, 7 in C, 8 through SDPA over the cache C wrote
     for native in (True, False):
         saved = runner.rope_attend, runner.row_ops
         runner.rope_attend, runner.row_ops = saved if native else (None, None)
@@ -110,5 +113,6 @@ def test_engine_batch1_step_agrees_with_the_torch_path():
         rows = [runner.forward(StepInputs([t], [6 + i], [0], 1, [], [0]), cache) for i, t in enumerate((12, 13, 14))]
         logits[native] = torch.cat(rows)
         runner.rope_attend, runner.row_ops = saved
+    runner.rope_attend_limit = limit
     torch.testing.assert_close(logits[True], logits[False], rtol=0.05, atol=0.05)
     assert torch.equal(logits[True].argmax(-1), logits[False].argmax(-1))

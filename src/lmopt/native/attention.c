@@ -49,7 +49,7 @@ int lmopt_rope_attend_one(const uint16_t *qkv, const uint16_t *cos, const uint16
     }
     float *scores = malloc(sizeof(float) * (size_t)(span * heads));
     if (!scores) return 1;
-    #pragma omp parallel for schedule(static) if (span * heads >= 32768)
+    #pragma omp parallel for schedule(static) if (span * heads >= 2048)
     for (int64_t h = 0; h < heads; h++) {
         uint16_t qb[MAX_HEAD_DIM];
         float q[MAX_HEAD_DIM], acc[MAX_HEAD_DIM], *sc = scores + h * span, top = -INFINITY, total = 0.f;

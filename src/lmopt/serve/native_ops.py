@@ -5,7 +5,8 @@ writes, attention, residual adds, SiLU), each with a fixed cost of 1-30 us that 
 arithmetic on one row. The runner (runner.py) uses these instead when an iteration holds a single
 token, the model runs in bf16 and the C library is built (`lmopt.native`):
 - `native_rope_attend`: rotary on q and k, the KV-cache write and attention over the cache
-  (attention.c; replaces about fifteen ops and an SDPA call);
+  (attention.c; replaces about fifteen ops and an SDPA call), used up to the cached length where it
+  measured faster than the torch path (`native_attention_limit`, timed once per shape);
 - `NativeRowOps.add_norm`: residual add + RMSNorm, `silu_mul`: SiLU(gate) * up (elementwise.c).
 Same math as the torch path, rounded to bf16 where that path stores a tensor, so results agree to
 bf16 rounding (tests/serve/test_native_ops.py). None where they do not apply; the torch path runs.
@@ -13,12 +14,15 @@ bf16 rounding (tests/serve/test_native_ops.py). None where they do not apply; th
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 import torch
 
 from lmopt.native import library
+from lmopt.serve.attention import apply_rotary, decode_attention, rotary_tables
 
 
 def native_rope_attend(heads: int, kv_heads: int, head_dim: int, scale: float, dtype: torch.dtype
@@ -43,6 +47,53 @@ def native_rope_attend(heads: int, kv_heads: int, head_dim: int, scale: float, d
             raise RuntimeError(f"native attention refused position {position} (cache length {kc.shape[2]})")
         return out
     return rope_attend
+
+
+SPANS = (128, 512, 2048, 8192)
+"""Cached lengths at which the C attention is timed against the torch path (`native_attention_limit`)."""
+
+
+@lru_cache(maxsize=16)
+def native_attention_limit(heads: int, kv_heads: int, head_dim: int, max_len: int, threads: int) -> int:
+    """The longest cached length (from SPANS, up to max_len) up to which the C attention measured at
+    least as fast as the torch path (apply_rotary, cache write, SDPA), 0 if never; timed once per
+    shape and thread count in this process (about 0.1 s). The C path's per-head loops win at short
+    and middle lengths (7x at 16 tokens here), SDPA's flash kernel can win at long ones."""
+    attend = native_rope_attend(heads, kv_heads, head_dim, head_dim ** -0.5, torch.bfloat16)
+    if attend is None:
+        return 0
+    spans = [*(s for s in SPANS if s < max_len), min(max_len, SPANS[-1])]
+    length = spans[-1]
+    kc, vc = (torch.randn(1, kv_heads, length, head_dim).bfloat16() for _ in range(2))
+    qkv = torch.randn(1, (heads + 2 * kv_heads) * head_dim).bfloat16()
+    rope = rotary_tables(torch.ones(1, head_dim).bfloat16(), torch.zeros(1, head_dim).bfloat16())
+    width = (heads + kv_heads) * head_dim
+
+    def torch_path(pos: int) -> torch.Tensor:
+        qk = apply_rotary(qkv[:, :width].view(1, -1, head_dim), *rope)
+        kc[0, :, pos], vc[0, :, pos] = qk[0, heads:], qkv[0, width:].view(-1, head_dim)
+        return decode_attention(qk[:, :heads], kc[:, :, :pos + 1], vc[:, :, :pos + 1], None, head_dim ** -0.5)
+
+    limit = 0
+    with torch.inference_mode():
+        for span in spans:
+            ours = _best_seconds(lambda s=span: attend(qkv, *rope, kc, vc, 0, s - 1))
+            theirs = _best_seconds(lambda s=span: torch_path(s - 1))
+            if ours > theirs:
+                break
+            limit = span
+    return limit
+
+
+def _best_seconds(fn: Callable[[], Any], calls: int = 5, repeats: int = 3) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
 
 
 class NativeRowOps:

@@ -34,7 +34,7 @@ from lmopt.serve.attention import (
 )
 from lmopt.serve.fused import FusedLinear, fuse_linears
 from lmopt.serve.kv_cache import KVCache, bytes_per_token
-from lmopt.serve.native_ops import NativeRowOps, native_rope_attend
+from lmopt.serve.native_ops import NativeRowOps, native_attention_limit, native_rope_attend
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 SILU_MODULES = ("SiLU", "SiLUActivation")
@@ -118,6 +118,9 @@ class ModelRunner:
         on_cpu = self.device.type == "cpu"
         self.rope_attend = native_rope_attend(self.num_heads, self.kv_heads, self.head_dim, self.scale,
                                               self.dtype) if on_cpu else None
+        # ... up to the cached length where it measured faster than SDPA on this CPU
+        self.rope_attend_limit = 0 if self.rope_attend is None else native_attention_limit(
+            self.num_heads, self.kv_heads, self.head_dim, self.max_positions or 8192, torch.get_num_threads())
         # and its norms, residual adds and SiLU (needs RMSNorms, fused gate/up and a SiLU MLP everywhere)
         row_ops = NativeRowOps.create(self.dtype) if on_cpu and self.fused_norm else None
         self.row_ops = row_ops if row_ops and all(p.gate_up_joint is not None for p in self.plan) else None
@@ -162,7 +165,8 @@ class ModelRunner:
         n, d = h.shape[0], self.head_dim
         if plan.qkv_joint is not None:  # one (N, (H + 2 KVH) D) output: rotate q and k in one go
             out = plan.qkv_joint(h)
-            if step.one is not None and self.rope_attend is not None and out.dtype == self.dtype:
+            if step.one is not None and self.rope_attend is not None and out.dtype == self.dtype \
+                    and step.one[1] < self.rope_attend_limit:
                 return plan.o_proj(self.rope_attend(out.contiguous(), *step.rope, cache.k[layer_idx],
                                                     cache.v[layer_idx], *step.one))
             width = (self.num_heads + self.kv_heads) * d
