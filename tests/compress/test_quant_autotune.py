@@ -50,6 +50,17 @@ def test_decide_keeps_the_fastest_path_per_row_range():
     assert "de-quantizing costs" in plan.why
 
 
+def test_decide_takes_a_kernel_that_rounds_activations_only_when_it_is_clearly_faster():
+    # q4a8 rounds activations to int8: a near-tie with the exact int4 kernel keeps int4 (rows 1),
+    # a clear win takes q4a8 (rows 8), and against the dense path it gets no tie-break (rows 32)
+    timings = _timings({"int4": [1.0, 2.0, 4.0, 40.0], "q4a8": [0.99, 1.0, 3.1, 30.0],
+                        "bf16": [5.0, 5.0, 3.05, 10.0]})
+    plan = at.decide(timings, ["int4", "q4a8"], cache_dense=True)
+    assert plan.tiers == ((2, "int4"), (16, "q4a8"), (at.MAX_ROWS, "bf16"))
+    timings["paths"]["q4a8"][2] = 3.0  # as fast as dense: the kernel (no dense copy needed)
+    assert at.decide(timings, ["int4", "q4a8"], cache_dense=True).path(32) == "q4a8"
+
+
 def test_decide_prefers_the_kernel_on_a_near_tie_and_uses_dense_where_there_is_no_kernel():
     timings = _timings({"int8": [1.02, 2.0, 4.0, 8.0], "bf16": [1.0, 1.0, 2.0, 4.0], "fp32": [9.0] * 4})
     plan = at.decide(timings, "int8", cache_dense=True, margin=0.03)

@@ -56,8 +56,12 @@ the first call with its one-time costs and could reject the fastest path; method
 4-bit de-quantization that preceded unpacking by nibbles; method 3 did not time the C kernels;
 method 4 timed them before their multi-row path)."""
 MARGIN = 0.03
-"""A dense path must beat the low-bit kernel by this fraction to replace it (timing noise; the
-kernel reads fewer bytes and needs no dense copy)."""
+"""A dense path must beat an exact low-bit kernel by this fraction to replace it (timing noise; the
+kernel reads fewer bytes and needs no dense copy), and a kernel that rounds activations to int8
+(APPROXIMATE) must beat the exact kernels by it to be chosen."""
+APPROXIMATE = ("q4a8", "q8a8")
+"""Kernels that round activations to int8 (lmopt's C kernels): never chosen on a near-tie with an
+exact kernel, and only as fast or faster than the dense path."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,13 @@ def decide(timings: dict[str, Any], kernels: str | Sequence[str] | None, cache_d
         return paths[path][i] + (0.0 if path in KERNELS or cache_dense else per_call.get(path, 0.0))
 
     def fastest_kernel(i: int) -> str | None:
-        return min(kernels, key=lambda k: cost(k, i)) if kernels else None
+        """The fastest kernel, where one that rounds activations must beat the exact ones by `margin`
+        (a near-tie is not worth its rounding)."""
+        exact = [k for k in kernels if k not in APPROXIMATE]
+        best_exact = min(exact, key=lambda k: cost(k, i)) if exact else None
+        rounding = [k for k in kernels if k in APPROXIMATE and
+                    (best_exact is None or cost(k, i) * (1 + margin) < cost(best_exact, i))]
+        return min(rounding, key=lambda k: cost(k, i)) if rounding else best_exact
 
     denses = [d for d in DENSE if d in paths]
     if not denses and not kernels:
@@ -131,7 +141,10 @@ def decide(timings: dict[str, Any], kernels: str | Sequence[str] | None, cache_d
     choice = []
     for i in range(n):
         kernel = fastest_kernel(i)
-        keep_kernel = kernel is not None and (dense is None or cost(kernel, i) <= cost(dense, i) * (1 + margin))
+        # an exact kernel wins near-ties against the dense path (fewer bytes, no copy); one that
+        # rounds activations has to be at least as fast
+        tie = 0.0 if kernel in APPROXIMATE else margin
+        keep_kernel = kernel is not None and (dense is None or cost(kernel, i) <= cost(dense, i) * (1 + tie))
         choice.append(kernel if keep_kernel else dense)
     limits = [math.isqrt(rows[i] * rows[i + 1]) for i in range(len(rows) - 1)] + [MAX_ROWS]
     tiers: list[tuple[int, str]] = []
