@@ -115,4 +115,7 @@ def test_engine_batch1_step_agrees_with_the_torch_path():
         runner.rope_attend, runner.row_ops = saved
     runner.rope_attend_limit = limit
     torch.testing.assert_close(logits[True], logits[False], rtol=0.05, atol=0.05)
+    # a one-token prompt chunk that needs no logits (prefill_chunk 1) gets none
+    cache = runner.new_cache(2, 64)
+    assert runner.forward(StepInputs([5], [0], [0], 0, [Segment(0, 1, 0, 0)], []), cache).shape[0] == 0
     assert torch.equal(logits[True].argmax(-1), logits[False].argmax(-1))

@@ -141,7 +141,7 @@ class ModelRunner:
         tokens = torch.tensor(inp.tokens, dtype=torch.long, device=dev)
         x = self.embed(tokens)  # (N, hidden)
         step = _Step.build(inp, x, self.rotary, self.num_heads // self.kv_heads)
-        if step.one is not None and self.row_ops is not None and x.dtype == self.dtype:
+        if step.one is not None and self.row_ops is not None and x.dtype == self.dtype and inp.logit_rows == [0]:
             return self._forward_one(x.contiguous(), step, cache)
         for i, plan in enumerate(self.plan):
             x = x + self._attention(i, plan, plan.in_norm(x), step, cache)
