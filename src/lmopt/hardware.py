@@ -62,6 +62,11 @@ def _cpu_info() -> tuple[str, set[str]]:
     return name, flags
 
 
+def cpu_flags() -> set[str]:
+    """Every ISA flag the CPU reports (/proc/cpuinfo), e.g. for keying code compiled for this CPU."""
+    return _cpu_info()[1]
+
+
 def _gpus() -> list[dict[str, Any]]:
     import torch  # lazy: start-up cost (module docstring)
 

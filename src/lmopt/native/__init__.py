@@ -10,7 +10,7 @@ wheel; llama.cpp's live inside its own runtime):
   serve/attention.py and serve/runner.py).
 
 They are compiled together (`-O3 -march=native -fopenmp`) into `$LMOPT_HOME/native/`, once per
-source, CPU and compiler (atomically, so concurrent processes never load a half-written library).
+source, CPU (model and ISA flags) and compiler (atomically, so concurrent processes never load a half-written library).
 The library links the OpenMP runtime torch has already loaded (same soname), so it shares torch's
 threads instead of starting a second pool. Nothing here is chosen because it exists: the autotuner
 times the matmul kernels against torch's, and `benchmarks/` measures the attention path. Without a
@@ -29,7 +29,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from lmopt.hardware import detect_hardware
+from lmopt.hardware import cpu_flags, detect_hardware
 from lmopt.settings import lmopt_home
 
 SOURCES = [Path(__file__).with_name(name) for name in ("qa8.c", "attention.c", "elementwise.c")]
@@ -65,8 +65,10 @@ def build(cc: str, flags: list[str] = FLAGS, target: Path | None = None) -> Path
     library's path; `target` overrides where it goes (tests build other variants)."""
     if target is None:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
+        # -march=native code for another CPU of the same name but fewer flags would not run here
         texts = [path.read_text() for path in SOURCES + HEADERS]
-        key = hashlib.sha256("\n".join([*texts, detect_hardware().cpu, version, *flags]).encode())
+        cpu = [detect_hardware().cpu, " ".join(sorted(cpu_flags()))]
+        key = hashlib.sha256("\n".join([*texts, *cpu, version, *flags]).encode())
         target = lmopt_home() / "native" / f"lmopt-{key.hexdigest()[:16]}.so"
         if target.exists():
             return target
