@@ -2,7 +2,8 @@
 
 Parts (all by default):
 - decode:   batch-1 decode tokens/s of the engine and of `generate` for fp32, bf16, int8 and int4 (RTN g32,
-            i.e. the GGUF's own Q4_1 grid) against the memory-bandwidth roofline and llama.cpp's 63 tok/s.
+            i.e. the GGUF's own Q4_1 grid) against the memory-bandwidth roofline and against llama.cpp on
+            the same GGUF measured in the same rounds (llama-cpp-python, when installed; else no ratio).
 - load:     output tokens/s, TTFT and latency at concurrency 1/4/16/32 (server in a child process, the load
             generator here, closed loop) against the same prompts served one at a time with `generate`.
 - variants: fp32, bf16, int8 and int4 side by side at concurrency 16, same prompts.
@@ -26,7 +27,6 @@ os.environ.setdefault("LMOPT_QUIET", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 MODEL = os.environ.get("LMOPT_BENCH_MODEL", "smollm2-135m-instruct")  # override: smoke tests
-LLAMA_CPP_TOK_S = 63.0  # shared/notes/cpu-probes.md: llama.cpp, same Q4_1 GGUF, 2 threads, batch-1 decode
 VARIANTS = ("fp32", "bf16", "int8", "int4")
 THREADS = int(os.environ.get("LMOPT_BENCH_THREADS", "2"))  # set by --threads (children inherit it)
 STEP_TOKENS = int(os.environ.get("LMOPT_BENCH_STEP_TOKENS", "1024"))  # set by --max-step-tokens
@@ -89,7 +89,7 @@ def decode_part(variants: list[str], bandwidth: float, new_tokens: int = 48) -> 
     from lmopt.hardware import decode_roofline, weight_bytes_per_token
     from lmopt.serve.engine import Engine
 
-    rows = []
+    rows, llama, llama_rate = [], _llama_cpp(), 0.0
     for variant in variants:
         loaded = build(variant)
         prompt = loaded.tokenizer("The Python standard library is", add_special_tokens=False)["input_ids"]
@@ -101,13 +101,27 @@ def decode_part(variants: list[str], bandwidth: float, new_tokens: int = 48) -> 
         for _ in range(3):
             eng = max(eng, engine_decode_rate(engine, prompt, new_tokens))
             gen = max(gen, generate_decode_rate(loaded.model, prompt, new_tokens))
+            if llama is not None:  # the peer in the same rounds, never a figure from another day
+                llama_rate = max(llama_rate, llama.decode(prompt, new_tokens))
         roof = decode_roofline(loaded.model, bandwidth)
         rows.append({"variant": variant, "engine_tok_s": round(eng, 1), "generate_tok_s": round(gen, 1),
                      "weight_mb": round(weight_bytes_per_token(loaded.model) / 1e6, 1),
-                     "roofline_tok_s": round(roof, 1), "engine_share_of_roofline": round(eng / roof, 3),
-                     "engine_vs_llama_cpp": round(eng / LLAMA_CPP_TOK_S, 3)})
+                     "roofline_tok_s": round(roof, 1), "engine_share_of_roofline": round(eng / roof, 3)})
         print(rows[-1], flush=True)
+    for row in rows:  # against the best llama.cpp rate of the whole run
+        row["llama_cpp_tok_s"] = round(llama_rate, 1) if llama else None
+        row["engine_vs_llama_cpp"] = round(row["engine_tok_s"] / llama_rate, 3) if llama else None
     return rows
+
+
+def _llama_cpp() -> Any:
+    """llama.cpp on the embedded GGUF (speed_sidebyside.LlamaCpp), or None when not installed."""
+    try:
+        from speed_sidebyside import LlamaCpp  # this directory: `python benchmarks/serve.py` puts it on the path
+
+        return LlamaCpp(THREADS)
+    except (ImportError, OSError, ValueError):  # not installed, or no GGUF to load
+        return None
 
 
 # ---- load tests against a live server ----
@@ -214,10 +228,12 @@ def main() -> None:
     THREADS, STEP_TOKENS = args.threads, args.max_step_tokens
     os.environ["LMOPT_BENCH_THREADS"] = str(args.threads)  # the server children read these
     os.environ["LMOPT_BENCH_STEP_TOKENS"] = str(args.max_step_tokens)
-    from lmopt.hardware import apply_threads, measure_bandwidth
+    from lmopt.hardware import apply_threads, detect_hardware, measure_bandwidth
 
     apply_threads(THREADS)
-    out: dict[str, Any] = {"machine": "2-core Intel Xeon (AVX-512, AMX), 24 GB, no GPU", "threads": THREADS,
+    hw = detect_hardware()  # the label comes from the machine the run is on
+    machine = f"{hw.physical_cores}-core {hw.cpu} ({', '.join(hw.isa)}), {hw.memory_gb:.0f} GB"
+    out: dict[str, Any] = {"machine": machine, "threads": THREADS, "date": time.strftime("%Y-%m-%d"),
                            "max_step_tokens": STEP_TOKENS,
                            "load_average_start": os.getloadavg()[0],
                            "bandwidth_gbs": round(measure_bandwidth(), 2)}
