@@ -75,69 +75,46 @@ static void quantize_row(const uint16_t *x, int64_t K, int8_t *xq, float *d, flo
 #endif
 
 #ifdef LMOPT_VNNI
-/* 16 rows (one group of the interleaved layout) x one quantized activation row -> 16 outputs.
- * Per block of 32 inputs: lane r of a VNNI dot multiplies row r's 4 codes by 4 broadcast
- * activations, so 8 dots give the 16 rows' block sums with no horizontal reduction. `ahead`:
- * bytes to the block prefetched (the same block a few groups on: hides memory latency). */
-static inline __m512 group_dot(const uint8_t *q, int bits, const uint16_t *ws, const uint16_t *wz, int64_t nb,
-                               const int8_t *xq, const float *d, const float *s, int64_t ahead) {
+/* 16 rows (one group of the interleaved layout) x `rows` quantized activation rows (1 or ROWS4,
+ * a constant at each call, so the loops over it unroll) -> acc[r], 16 outputs each.
+ * Per block of 32 inputs: lane r of a VNNI dot multiplies W row r's 4 codes by 4 broadcast
+ * activations, so 8 dots give the 16 rows' block sums with no horizontal reduction. Each 64-byte
+ * code vector is loaded and unpacked once for all `rows` (for prompt chunks the unpacking, not the
+ * dots, bounds a single row). `ahead`: bytes to the block prefetched (the same block a few groups
+ * on: hides memory latency at batch 1; 0 for none). */
+#define ROWS4 4
+static inline void group_dot(const uint8_t *q, int bits, const uint16_t *ws, const uint16_t *wz, int64_t nb,
+                             const int8_t *xq, int64_t K, const float *d, const float *s, int rows,
+                             int64_t ahead, __m512 *acc) {
     const __m512i low = _mm512_set1_epi8(0x0F);
     const int64_t block = 64 * bits;  /* bytes of 16 rows x 32 codes */
-    __m512 acc = _mm512_setzero_ps();
+    for (int r = 0; r < rows; r++) acc[r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *qb = q + b * block;
-        for (int64_t line = 0; line < block; line += 64)
-            _mm_prefetch((const char *)(qb + ahead + line), _MM_HINT_T0);
-        const int32_t *xb = (const int32_t *)(xq + b * 32);
-        __m512i dot = _mm512_setzero_si512();
-        if (bits == 4) {
-            for (int p = 0; p < 4; p++) {  /* 64 bytes: inputs 8p.. (low nibbles) and 8p + 4.. (high) */
-                __m512i v = _mm512_loadu_si512((const void *)(qb + p * 64));
-                dot = _mm512_dpbusd_epi32(dot, _mm512_and_si512(v, low), _mm512_set1_epi32(xb[2 * p]));
-                dot = _mm512_dpbusd_epi32(dot, _mm512_and_si512(_mm512_srli_epi16(v, 4), low),
-                                          _mm512_set1_epi32(xb[2 * p + 1]));
-            }
-        } else {
-            for (int j = 0; j < 8; j++)
-                dot = _mm512_dpbusd_epi32(dot, _mm512_loadu_si512((const void *)(qb + j * 64)),
-                                          _mm512_set1_epi32(xb[j]));
-        }
-        __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(ws + b * 16)));
-        __m512 zero = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wz + b * 16)));
-        /* scale * (d * dot - zero * d * sum(xq)) */
-        __m512 t = _mm512_fmsub_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(d[b]),
-                                   _mm512_mul_ps(zero, _mm512_set1_ps(s[b])));
-        acc = _mm512_fmadd_ps(scale, t, acc);
-    }
-    return acc;
-}
-
-/* group_dot for ROWS4 activation rows at once: each 64-byte code vector is loaded and unpacked once
- * and meets all four rows (prompt chunks: the unpacking, not the VNNI dots, bounds a single row). */
-#define ROWS4 4
-static inline void group_dot4(const uint8_t *q, int bits, const uint16_t *ws, const uint16_t *wz, int64_t nb,
-                              const int8_t *xq, int64_t K, const float *d, const float *s, __m512 *acc) {
-    const __m512i low = _mm512_set1_epi8(0x0F);
-    const int64_t block = 64 * bits;
-    for (int r = 0; r < ROWS4; r++) acc[r] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *qb = q + b * block;
+        if (ahead)
+            for (int64_t line = 0; line < block; line += 64)
+                _mm_prefetch((const char *)(qb + ahead + line), _MM_HINT_T0);
         __m512i dot[ROWS4];
-        for (int r = 0; r < ROWS4; r++) dot[r] = _mm512_setzero_si512();
-        for (int j = 0; j < 8; j++) {  /* inputs 4j..4j+3 of the block */
-            __m512i v;
-            if (bits == 4) {
+        for (int r = 0; r < rows; r++) dot[r] = _mm512_setzero_si512();
+        for (int j = 0; j < 8; j += 2) {  /* inputs 4j..4j+3 and 4j+4..4j+7 of the block */
+            __m512i v0, v1;
+            if (bits == 4) {  /* one 64-byte vector: low nibbles then high */
                 __m512i packed = _mm512_loadu_si512((const void *)(qb + (j / 2) * 64));
-                v = _mm512_and_si512(j % 2 ? _mm512_srli_epi16(packed, 4) : packed, low);
+                v0 = _mm512_and_si512(packed, low);
+                v1 = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low);
             } else {
-                v = _mm512_loadu_si512((const void *)(qb + j * 64));
+                v0 = _mm512_loadu_si512((const void *)(qb + j * 64));
+                v1 = _mm512_loadu_si512((const void *)(qb + (j + 1) * 64));
             }
-            for (int r = 0; r < ROWS4; r++)
-                dot[r] = _mm512_dpbusd_epi32(dot[r], v, _mm512_set1_epi32(((const int32_t *)(xq + r * K + b * 32))[j]));
+            for (int r = 0; r < rows; r++) {
+                const int32_t *xb = (const int32_t *)(xq + r * K + b * 32);
+                dot[r] = _mm512_dpbusd_epi32(dot[r], v0, _mm512_set1_epi32(xb[j]));
+                dot[r] = _mm512_dpbusd_epi32(dot[r], v1, _mm512_set1_epi32(xb[j + 1]));
+            }
         }
         __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(ws + b * 16)));
         __m512 zero = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wz + b * 16)));
-        for (int r = 0; r < ROWS4; r++) {
+        for (int r = 0; r < rows; r++) {  /* scale * (d * dot - zero * d * sum(xq)) */
             __m512 t = _mm512_fmsub_ps(_mm512_cvtepi32_ps(dot[r]), _mm512_set1_ps(d[r * nb + b]),
                                        _mm512_mul_ps(zero, _mm512_set1_ps(s[r * nb + b])));
             acc[r] = _mm512_fmadd_ps(scale, t, acc[r]);
@@ -220,14 +197,16 @@ int lmopt_qa8_linear(const uint16_t *x, int64_t M, int64_t K, int bits, const ui
 #ifdef LMOPT_VNNI
             for (; m + ROWS4 <= m1; m += ROWS4) {
                 __m512 acc[ROWS4];
-                group_dot4(q, bits, wsg, wzg, nb, xq + m * K, K, d + m * nb, s + m * nb, acc);
+                group_dot(q, bits, wsg, wzg, nb, xq + m * K, K, d + m * nb, s + m * nb, ROWS4, 0, acc);
                 for (int r = 0; r < ROWS4; r++) store_bf16x16(y + (m + r) * N + g * 16, acc[r]);
             }
 #endif
             for (; m < m1; m++) {
 #ifdef LMOPT_VNNI
-                store_bf16x16(y + m * N + g * 16, group_dot(q, bits, wsg, wzg, nb, xq + m * K, d + m * nb,
-                                                            s + m * nb, PREFETCH_GROUPS * group_bytes));
+                __m512 acc;
+                group_dot(q, bits, wsg, wzg, nb, xq + m * K, K, d + m * nb, s + m * nb, 1,
+                          PREFETCH_GROUPS * group_bytes, &acc);
+                store_bf16x16(y + m * N + g * 16, acc);
 #else
                 for (int r = 0; r < 16; r++)
                     y[m * N + g * 16 + r] = float_to_bf16(row_dot(q, bits, wsg, wzg, nb, r, xq + m * K,
