@@ -10,11 +10,12 @@ wheel; llama.cpp's live inside its own runtime):
   serve/attention.py and serve/runner.py).
 
 They are compiled together (`-O3 -march=native -fopenmp`) into `$LMOPT_HOME/native/`, once per
-source, CPU (model and ISA flags) and compiler (atomically, so concurrent processes never load a half-written library).
-The library links the OpenMP runtime torch has already loaded (same soname), so it shares torch's
-threads instead of starting a second pool. Nothing here is chosen because it exists: the autotuner
-times the matmul kernels against torch's, and `benchmarks/` measures the attention path. Without a
-C compiler, or with `LMOPT_NATIVE=0`, `library()` is None and torch's kernels run as before.
+source, CPU (model and ISA flags) and compiler, atomically (concurrent processes never load a
+half-written library). The library links the OpenMP runtime torch has already loaded (same
+soname), so it shares torch's threads instead of starting a second pool. Nothing here is chosen
+because it exists: the autotuner times the matmul kernels against torch's, and the serving runner
+times the C attention against SDPA when it starts (`serve/native_ops.py`). Without a C compiler,
+or with `LMOPT_NATIVE=0`, `library()` is None and torch's kernels run as before.
 """
 
 from __future__ import annotations
@@ -66,9 +67,8 @@ def build(cc: str, flags: list[str] = FLAGS, target: Path | None = None) -> Path
     if target is None:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
         # -march=native code for another CPU of the same name but fewer flags would not run here
-        texts = [path.read_text() for path in SOURCES + HEADERS]
         cpu = [detect_hardware().cpu, " ".join(sorted(cpu_flags()))]
-        key = hashlib.sha256("\n".join([*texts, *cpu, version, *flags]).encode())
+        key = hashlib.sha256("\n".join([source_key(), *cpu, version, *flags]).encode())
         target = lmopt_home() / "native" / f"lmopt-{key.hexdigest()[:16]}.so"
         if target.exists():
             return target

@@ -114,8 +114,7 @@ def decide(timings: dict[str, Any], kernels: str | Sequence[str] | None, cache_d
     owns the rows up to the geometric mean with the next (1 -> 1-2, 8 -> 3-16, 32 -> 17-128,
     512 -> 129+)."""
     rows, paths, per_call = timings["rows"], timings["paths"], timings.get("dequant", {})
-    kernels = [kernels] if isinstance(kernels, str) else list(kernels or [])
-    kernels = [k for k in kernels if k in paths]
+    kernels = [k for k in _names(kernels) if k in paths]
 
     def cost(path: str, i: int) -> float:
         return paths[path][i] + (0.0 if path in KERNELS or cache_dense else per_call.get(path, 0.0))
@@ -154,6 +153,11 @@ def decide(timings: dict[str, Any], kernels: str | Sequence[str] | None, cache_d
         tiers.append((limit, path))
     used_dense = dense if dense in choice else None
     return Plan(tuple(tiers), used_dense, "measured", _explain(timings, kernels, denses, cache_dense))
+
+
+def _names(kernels: str | Sequence[str] | None) -> list[str]:
+    """`decide`'s and `measure`'s kernels argument (one name, several, or None) as a list."""
+    return [kernels] if isinstance(kernels, str) else list(kernels or [])
 
 
 def _explain(timings: dict[str, Any], kernels: list[str], denses: list[str], cache_dense: bool) -> str:
@@ -206,7 +210,7 @@ def measure(layer: Any, kernels: str | Sequence[str] | None, rows: tuple[int, ..
     At each row count the previous one's winner goes first, so a candidate far slower than it can
     be given up after one call (at least 5 ms: shorter calls are cheap to time properly)."""
     out: dict[str, Any] = {"rows": list(rows), "paths": {}, "dequant": {}}
-    order = [*([kernels] if isinstance(kernels, str) else (kernels or [])), *DENSE]
+    order = [*_names(kernels), *DENSE]
     with torch.inference_mode():
         weights = {}
         for name, dtype in DENSE.items():

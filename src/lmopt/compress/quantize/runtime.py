@@ -287,7 +287,7 @@ class QuantLinear(torch.nn.Module):
             if x.dim() != 2 or x.shape[0] > limit or x.dtype != bf16:
                 return forward(x)
             if path in KERNEL_BITS:
-                return native_linear(x, self._alt.get(path) or self._kernel_for(path))
+                return native_linear(x, self._kernel_for(path))
             if path != self.backend:
                 return forward(x)
             if path == "int4":
