@@ -5,7 +5,7 @@ other than lmopt's, so it lives in its own venv):
 
     .venv/bin/python benchmarks/quantize_vs_llmcompressor.py prepare --work DIR
     LLMC/bin/python  benchmarks/quantize_vs_llmcompressor.py llmc --work DIR [--group 64]  # llm-compressor's venv
-    .venv/bin/python benchmarks/quantize_vs_llmcompressor.py evaluate --work DIR [--group 64] [--windows 4]
+    .venv/bin/python benchmarks/quantize_vs_llmcompressor.py evaluate --work DIR [--group 64] [--windows 4 32]
 
 `prepare` saves the embedded SmolLM2-135M-Instruct in float32 (`DIR/fp32`) and the calibration windows
 lmopt's GPTQ fits on with its defaults (`DIR/windows.pt`: the `mix`, 128 x 512 tokens, the 16 held-out
@@ -19,7 +19,8 @@ are not a multiple of 128, which lmopt handles with a shorter last group and llm
 and lm_head (unquantized), once with its defaults (the safeguard draws its 16 held-out windows beside the
 same 128) and once on the same 128 windows with the safeguard off, adds RTN and fp32, and measures every
 model with `lmopt.evaluate.perplexity` on the three domains of `quantize_rotation.py` (the first
-`--windows` windows of 1,024 tokens). Prints a table and a JSON line with the CPU and load average.
+`--windows` windows of 1,024 tokens, for each count given). Prints tables and a JSON line with the CPU
+and load average.
 Goal (issue 13): lmopt's GPTQ at most the perplexity of llm-compressor's GPTQ.
 """
 
@@ -89,7 +90,7 @@ def run_llmc(work: Path, group: int) -> None:
         print(f"{name} g{group}: {len(weights)} tensors on a 4-bit grid, {seconds:.0f} s (oneshot, set-up included)")
 
 
-def evaluate(work: Path, windows: int, group: int) -> None:
+def evaluate(work: Path, windows: list[int], group: int) -> None:
     import copy
 
     import torch
@@ -110,10 +111,10 @@ def evaluate(work: Path, windows: int, group: int) -> None:
     rows = []
 
     def measure(label: str, model, extra: dict) -> None:  # noqa: ANN001
-        ppl = {d: perplexity(model, loaded.tokenizer, t, 1024, windows)["perplexity"]
-               for d, t in texts.items()}
-        rows.append({"model": label, **{d: round(p, 3) for d, p in ppl.items()}, **extra})
-        print(label, rows[-1], flush=True)
+        for n in windows:  # a domain with fewer windows of 1,024 tokens is measured on all it has
+            ppl = {d: perplexity(model, loaded.tokenizer, t, 1024, n)["perplexity"] for d, t in texts.items()}
+            rows.append({"model": label, "windows": n, **{d: round(p, 3) for d, p in ppl.items()}, **extra})
+            print(label, rows[-1], flush=True)
 
     measure("fp32", loaded.model, {})
     for name, sym in SYMMETRY.items():
@@ -131,10 +132,13 @@ def evaluate(work: Path, windows: int, group: int) -> None:
             model = copy.deepcopy(loaded.model)
             quantize(model, config, windows=given, tokenizer=loaded.tokenizer)
             measure(f"{label} ({name})", model, {})
-    print("| model | " + " | ".join(texts) + " |\n|---|" + "---|" * len(texts))
-    base = rows[0]
-    for row in rows:
-        print(f"| {row['model']} | " + " | ".join(f"{row[d]:.2f} (x{row[d] / base[d]:.3f})" for d in texts) + " |")
+    for n in windows:
+        header = " | ".join(texts)
+        print(f"\nfirst {n} windows of 1,024 tokens\n| model | {header} |\n|---|" + "---|" * len(texts))
+        table = [row for row in rows if row["windows"] == n]
+        for row in table:
+            cells = " | ".join(f"{row[d]:.2f} (x{row[d] / table[0][d]:.3f})" for d in texts)
+            print(f"| {row['model']} | {cells} |")
     print(json.dumps({"rows": rows, "cpu": detect_hardware().cpu, "threads": torch.get_num_threads(),
                       "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "windows": windows,
                       "group": group}))
@@ -144,7 +148,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=["prepare", "llmc", "evaluate"])
     parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--windows", type=int, default=4)
+    parser.add_argument("--windows", type=int, nargs="+", default=[4],
+                        help="evaluate on the first N windows of each domain, for each N given")
     parser.add_argument("--group", type=int, default=64)
     args = parser.parse_args()
     os.environ.setdefault("LMOPT_QUIET", "1")

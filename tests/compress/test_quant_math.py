@@ -122,6 +122,38 @@ def test_gptq_with_identity_hessian_is_rtn():
     assert torch.equal(gptq.q, alg.rtn_quantize(w, 4, 32).q)
 
 
+@pytest.mark.parametrize("group,sym", [(32, False), (40, False), (32, True), (0, False)])
+def test_refit_scales_is_the_least_squares_solution_by_brute_force(group, sym):
+    """Against an explicit least-squares solve per row: A (K, G) with (q - zero) in each group's column,
+    minimize ||X (w - A s)||^2 over the calibration inputs X (torch.linalg.lstsq on X A)."""
+    x, w = _toy()
+    h, _ = alg.accumulate_hessian(None, 0, x)
+    qw = alg.gptq_quantize(w, h, 4, group, sym=sym, block_size=32)
+    refit = alg.refit_scales(w, qw, h, ridge=0.0)
+    k, g = w.shape[1], qw.group_size
+    m = qw.q.float() - alg.expand_groups(qw.zero, g, k)
+    onehot = torch.nn.functional.one_hot(torch.arange(k) // g).float()  # (K, G)
+    for row in range(0, w.shape[0], 7):
+        design = x @ (m[row].unsqueeze(1) * onehot)  # (tokens, G)
+        expected = torch.linalg.lstsq(design.double(), (x @ w[row]).double().unsqueeze(1)).solution.squeeze(1)
+        torch.testing.assert_close(refit.scale[row].double(), expected, rtol=2e-3, atol=1e-7)
+    assert torch.equal(refit.q, qw.q) and torch.equal(refit.zero, qw.zero)
+    assert alg.output_error(x, w, refit.dequantize()) <= alg.output_error(x, w, qw.dequantize())
+
+
+@pytest.mark.parametrize("ridge", [0.0, 1e-6])
+def test_refit_scales_keeps_the_scale_of_a_group_with_nothing_to_fit(ridge):
+    """A group whose codes all sit on the zero point has no scale to fit: it keeps its own, and the
+    row's other groups are still refit."""
+    x, w = _toy()
+    h, _ = alg.accumulate_hessian(None, 0, x)
+    qw = alg.rtn_quantize(w, 4, 32)
+    qw.q[0, :32] = qw.zero[0, 0].to(torch.uint8)
+    refit = alg.refit_scales(w, qw, h, ridge=ridge)
+    assert refit.scale[0, 0] == qw.scale[0, 0] and (refit.scale[0, 1:] != qw.scale[0, 1:]).all()
+    assert alg.output_error(x, w, refit.dequantize()) < alg.output_error(x, w, qw.dequantize())
+
+
 def test_awq_output_error_below_rtn_and_loss_is_exact():
     x, w = _toy()
     x_mean, (h, _) = x.abs().mean(0), alg.accumulate_hessian(None, 0, x)

@@ -68,8 +68,10 @@ def test_gptq_is_kept_where_it_generalizes(seed):
     w = layer.proj.weight.data.clone()
     choice = _run(layer, fit, held)
     assert choice["kept"] == "gptq" and choice["gptq"] < 0.7 * choice["rtn"]
-    gptq = alg.gptq_quantize(w, alg.accumulate_hessian(None, 0, fit)[0], 4, 32, act_order=True)
-    _holds(layer, gptq, alg.rtn_quantize(w, 4, 32))
+    hessian = alg.accumulate_hessian(None, 0, fit)[0]
+    gptq = alg.gptq_quantize(w, hessian, 4, 32, act_order=True)
+    assert choice["refit"]  # 2048 rows: the least-squares scales hold on the held-out rows too
+    _holds(layer, alg.refit_scales(w, gptq, hessian), alg.rtn_quantize(w, 4, 32))
 
 
 def test_split_windows_spreads_the_holdout():
@@ -130,3 +132,26 @@ def test_awq_safeguard_keeps_awq_where_it_helps(tiny):
     kept = report["safeguard_kept"]
     assert set(report["safeguard"][0]) == {"qkv", "gate_up", "down", "o"}  # o_proj: gptq or rtn
     assert kept.get("awq", 0) + kept.get("gptq", 0) + kept.get("rtn", 0) == 8
+
+
+def test_gptq_scale_refit_lowers_the_first_layers_error_and_is_recorded(tiny):
+    """The first layer sees the same inputs either way, so its calibration error is comparable: the
+    least-squares scales never raise it; every group's choice records whether the refit was kept."""
+    windows = torch.randint(0, 500, (16, 24))
+    on = quantize(copy.deepcopy(tiny.model), GPTQConfig(), windows=windows)
+    off = quantize(copy.deepcopy(tiny.model), GPTQConfig(refit_scales=False), windows=windows)
+    assert all(on["layers"][0][g] <= off["layers"][0][g] * (1 + 1e-6) for g in off["layers"][0])
+    assert sum(on["layers"][0].values()) < sum(off["layers"][0].values())
+    assert all(isinstance(c["refit"], bool) for groups in on["safeguard"].values() for c in groups.values())
+    assert all("refit" not in c for groups in off["safeguard"].values() for c in groups.values())
+
+
+def test_refit_worse_on_held_out_tokens_is_dropped(monkeypatch):
+    x, w = torch.randn(256, 64), torch.randn(16, 64)
+    h, _ = alg.accumulate_hessian(None, 0, x)
+    qw = alg.gptq_quantize(w, h, 4, 32)
+    kept, refit = apply._refit_checked(w, qw, h, h)
+    assert refit and alg.output_error(x, w, kept.dequantize()) <= alg.output_error(x, w, qw.dequantize())
+    monkeypatch.setattr(alg, "refit_scales", lambda w, q, h: alg.QuantizedWeight(q.q, q.scale * 1.5, q.zero, 4, 32))
+    kept, refit = apply._refit_checked(w, qw, h, h)
+    assert not refit and kept is qw

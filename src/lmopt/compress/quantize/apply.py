@@ -78,12 +78,17 @@ def _gptq_layer(layer: Any, inputs: LayerInputs, config: GPTQConfig,
     for owner, names in groups.items():
         key = sg.group_name(names)
         stacked, qw = _gptq_stacked(layer, names, hessians[owner], config)
+        refit = None
+        if config.refit_scales:
+            qw, refit = _refit_checked(stacked, qw, hessians[owner], held_hessians.get(owner))
         errors[key] = sg.output_error(stacked, qw.dequantize(), hessians[owner])
         if owner in held_hessians:
             rtn = alg.rtn_quantize(stacked, config.bits, config.group_size, config.sym, config.clip)
             kept, choices[key] = sg.pick(stacked, {"gptq": qw.dequantize(), "rtn": rtn.dequantize()},
                                          held_hessians[owner])
             qw = rtn if kept == "rtn" else qw
+            if refit is not None:
+                choices[key]["refit"] = refit
         _swap_stacked(layer, names, qw)
     return errors, choices
 
@@ -98,6 +103,17 @@ def _gptq_stacked(layer: Any, names: list[str], hessian: torch.Tensor,
     qw = alg.gptq_quantize(stacked, hessian, config.bits, config.group_size, config.sym, gptq.block_size,
                            gptq.damp, gptq.act_order, config.clip)
     return stacked, qw
+
+
+def _refit_checked(weight: torch.Tensor, qw: alg.QuantizedWeight, hessian: torch.Tensor,
+                   held: torch.Tensor | None) -> tuple[alg.QuantizedWeight, bool]:
+    """GPTQ's codes with least-squares scales (`alg.refit_scales`), unless the held-out Hessian `held`
+    says the grid GPTQ rounded on was better. Returns (weight codes, whether the refit was kept)."""
+    refit = alg.refit_scales(weight, qw, hessian)
+    if held is not None and sg.output_error(weight, refit.dequantize(), held) > \
+            sg.output_error(weight, qw.dequantize(), held):
+        return qw, False
+    return refit, True
 
 
 def _swap_stacked(layer: Any, names: list[str], qw: alg.QuantizedWeight) -> None:
@@ -260,12 +276,15 @@ def _quantize_lm_head(model: Any, config: WeightQuantConfig, final: LayerInputs 
     how = f"rtn int{bits}"
     if bits < 8 and final is not None and isinstance(config, GPTQConfig):
         norm = getattr(getattr(model, "model", model), "norm", None)
-        gptq = alg.gptq_quantize(head.weight.data, sg.hessian_hidden(final.hidden, norm), bits, group, config.sym,
-                                 config.block_size, config.damp, config.act_order, config.clip)
+        hessian = sg.hessian_hidden(final.hidden, norm)
+        held_hessian = sg.hessian_hidden(held.hidden, norm) if held is not None else None
+        gptq = alg.gptq_quantize(head.weight.data, hessian, bits, group, config.sym, config.block_size,
+                                 config.damp, config.act_order, config.clip)
+        if config.refit_scales:
+            gptq, _ = _refit_checked(head.weight.data.float(), gptq, hessian, held_hessian)
         kept = "gptq"
         if held is not None:
-            kept, _ = sg.pick(head.weight.data, {"gptq": gptq.dequantize(), "rtn": qw.dequantize()},
-                              sg.hessian_hidden(held.hidden, norm))
+            kept, _ = sg.pick(head.weight.data, {"gptq": gptq.dequantize(), "rtn": qw.dequantize()}, held_hessian)
         qw, how = (gptq, f"gptq int{bits}") if kept == "gptq" else (qw, f"rtn int{bits} (safeguard: gptq worse)")
     quant = to_quant_linear(head, qw)
     _set_module(model, next(n for n, m in model.named_modules() if m is head), quant)

@@ -70,6 +70,9 @@ class GPTQConfig(WeightQuantConfig):
     """Columns per lazy block update."""
     act_order: bool = True
     """Quantize columns in order of decreasing Hessian diagonal (activation magnitude)."""
+    refit_scales: bool = True
+    """After GPTQ, refit each group's scale to its codes by least squares on the calibration Hessian
+    (`algorithms.refit_scales`); kept per group of Linears only where the held-out error agrees."""
     safeguard: bool = True
     """Per group of Linears sharing an input (q/k/v, o, gate/up, down) keep GPTQ's rounding only where
     its output error on held-out calibration windows (1 in 8 extra, never in a Hessian) is below
