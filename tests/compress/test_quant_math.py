@@ -141,6 +141,35 @@ def test_refit_scales_is_the_least_squares_solution_by_brute_force(group, sym):
     assert alg.output_error(x, w, refit.dequantize()) <= alg.output_error(x, w, qw.dequantize())
 
 
+def test_gptq_on_a_given_grid_with_identity_hessian_rounds_to_that_grid():
+    """A given (scale, zero) per group is used as is: with nothing to compensate, every code is the
+    nearest level of that grid (brute force over all 16 levels), not of the group's own min..max."""
+    _, w = _toy()
+    rtn = alg.rtn_quantize(w, 4, 32)
+    scale, zero = rtn.scale * 0.8, (rtn.zero + 1).clamp(max=15)  # a grid GPTQ would never pick itself
+    gptq = alg.gptq_quantize(w, torch.eye(96), 4, 32, damp=1e-6, grid=(scale, zero))
+    levels = (torch.arange(16.0).view(1, 1, 16) - alg.expand_groups(zero, 32, 96).unsqueeze(-1)) \
+        * alg.expand_groups(scale, 32, 96).unsqueeze(-1)  # (N, K, 16)
+    nearest = (levels - w.unsqueeze(-1)).abs().argmin(-1)
+    assert torch.equal(gptq.q.long(), nearest)
+    assert torch.equal(gptq.scale, scale) and torch.equal(gptq.zero, zero)
+
+
+@pytest.mark.parametrize("sym", [False, True])
+def test_refine_gptq_rounds_lower_the_error_below_one_refit(sym):
+    """One round is `refit_scales`; more rounds re-run GPTQ on the refit grid, and the output error on
+    the calibration inputs (brute force) ends at or below one refit's, with codes that moved."""
+    x, w = _toy()
+    h, _ = alg.accumulate_hessian(None, 0, x)
+    qw = alg.gptq_quantize(w, h, 4, 32, sym=sym, block_size=32, act_order=True)
+    once = alg.refine_gptq(w, h, qw, 1)
+    assert torch.equal(once.scale, alg.refit_scales(w, qw, h).scale) and torch.equal(once.q, qw.q)
+    thrice = alg.refine_gptq(w, h, qw, 3, sym=sym, block_size=32, act_order=True)
+    assert alg.output_error(x, w, thrice.dequantize()) < alg.output_error(x, w, once.dequantize())
+    assert not torch.equal(thrice.q, qw.q)
+    assert alg.output_error(x, w, once.dequantize()) <= alg.output_error(x, w, qw.dequantize())
+
+
 @pytest.mark.parametrize("ridge", [0.0, 1e-6])
 def test_refit_scales_keeps_the_scale_of_a_group_with_nothing_to_fit(ridge):
     """A group whose codes all sit on the zero point has no scale to fit: it keeps its own, and the

@@ -71,7 +71,8 @@ def test_gptq_is_kept_where_it_generalizes(seed):
     hessian = alg.accumulate_hessian(None, 0, fit)[0]
     gptq = alg.gptq_quantize(w, hessian, 4, 32, act_order=True)
     assert choice["refit"]  # 2048 rows: the least-squares scales hold on the held-out rows too
-    _holds(layer, alg.refit_scales(w, gptq, hessian), alg.rtn_quantize(w, 4, 32))
+    refined = alg.refine_gptq(w, hessian, gptq, GPTQConfig().refit_rounds, act_order=True)
+    _holds(layer, refined, alg.rtn_quantize(w, 4, 32))
 
 
 def test_split_windows_spreads_the_holdout():
@@ -150,8 +151,8 @@ def test_refit_worse_on_held_out_tokens_is_dropped(monkeypatch):
     x, w = torch.randn(256, 64), torch.randn(16, 64)
     h, _ = alg.accumulate_hessian(None, 0, x)
     qw = alg.gptq_quantize(w, h, 4, 32)
-    kept, refit = apply._refit_checked(w, qw, h, h)
+    kept, refit = apply._refit_checked(w, qw, h, h, GPTQConfig(group_size=32))
     assert refit and alg.output_error(x, w, kept.dequantize()) <= alg.output_error(x, w, qw.dequantize())
     monkeypatch.setattr(alg, "refit_scales", lambda w, q, h: alg.QuantizedWeight(q.q, q.scale * 1.5, q.zero, 4, 32))
-    kept, refit = apply._refit_checked(w, qw, h, h)
+    kept, refit = apply._refit_checked(w, qw, h, h, GPTQConfig(group_size=32))
     assert not refit and kept is qw

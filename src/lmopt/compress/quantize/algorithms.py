@@ -150,12 +150,14 @@ def _inverse_hessian_factor(h: torch.Tensor, damp: float) -> torch.Tensor:
 
 def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int | None = None,
                   sym: bool = False, block_size: int = 128, damp: float = 0.01,
-                  act_order: bool = False, clip: float = 0.0) -> QuantizedWeight:
+                  act_order: bool = False, clip: float = 0.0,
+                  grid: tuple[torch.Tensor, torch.Tensor] | None = None) -> QuantizedWeight:
     """GPTQ (Frantar et al. 2022): quantize columns one at a time, spreading each rounding error
     over the not-yet-quantized columns through the inverse Hessian; errors reach columns beyond the
     current block in one lazy matrix update per block. With `act_order`, columns go in order of
     decreasing Hessian diagonal; groups stay contiguous in the original column order and each
-    group's grid is found when its first column is reached (from the then-current weights).
+    group's grid is found when its first column is reached (from the then-current weights), unless
+    `grid` gives every group's (scale, zero) (N, G) up front.
     """
     n, k = w.shape
     g = effective_group(k, group_size)
@@ -168,9 +170,9 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size:
     weight, h = weight[:, perm], h[perm][:, perm]
     hinv = _inverse_hessian_factor(h, damp)
     n_groups = math.ceil(k / g)
-    scale = torch.zeros(n, n_groups)
-    zero = torch.zeros(n, n_groups)
-    known = torch.zeros(n_groups, dtype=torch.bool)
+    scale = torch.zeros(n, n_groups) if grid is None else grid[0].float().clone()
+    zero = torch.zeros(n, n_groups) if grid is None else grid[1].float().clone()
+    known = torch.full((n_groups,), grid is not None, dtype=torch.bool)
     inv = torch.argsort(perm)
     codes = torch.zeros(n, k)
     for i1 in range(0, k, block_size):
@@ -221,6 +223,28 @@ def refit_scales(w: torch.Tensor, qw: QuantizedWeight, hessian: torch.Tensor, ri
     scale = torch.where(inert, qw.scale, scale.squeeze(-1))
     ok = (info == 0).unsqueeze(1) & torch.isfinite(scale).all(1, keepdim=True) & (scale > 0).all(1, keepdim=True)
     return QuantizedWeight(qw.q, torch.where(ok, scale, qw.scale), qw.zero, qw.bits, g)
+
+
+def refine_gptq(w: torch.Tensor, hessian: torch.Tensor, qw: QuantizedWeight, rounds: int = 1,
+                **gptq_args: Any) -> QuantizedWeight:
+    """GPTQ's result `qw` with least-squares scales (`refit_scales`), then up to `rounds - 1` more rounds
+    of GPTQ on the refit grid (its codes follow the new scales) and another refit, while the error on
+    `hessian` falls. Each round is one more GPTQ pass; three rounds lowered the output error of every
+    Linear group tried by 5-7%, held-out tokens too (BENCHMARKS.md, twelfth session)."""
+    def error(q: QuantizedWeight) -> float:
+        delta = q.dequantize() - w.float()  # (N, K)
+        return float((delta @ hessian.float() * delta).sum())
+
+    best = refit_scales(w, qw, hessian)
+    best_error = error(best)
+    for _ in range(rounds - 1):
+        codes = gptq_quantize(w, hessian, qw.bits, qw.group_size, grid=(best.scale, best.zero), **gptq_args)
+        again = refit_scales(w, codes, hessian)
+        again_error = error(again)
+        if not again_error < best_error:
+            break
+        best, best_error = again, again_error
+    return best
 
 
 def awq_candidate_scales(x_mean: torch.Tensor, w_mean: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -80,7 +80,7 @@ def _gptq_layer(layer: Any, inputs: LayerInputs, config: GPTQConfig,
         stacked, qw = _gptq_stacked(layer, names, hessians[owner], config)
         refit = None
         if config.refit_scales:
-            qw, refit = _refit_checked(stacked, qw, hessians[owner], held_hessians.get(owner))
+            qw, refit = _refit_checked(stacked, qw, hessians[owner], held_hessians.get(owner), config)
         errors[key] = sg.output_error(stacked, qw.dequantize(), hessians[owner])
         if owner in held_hessians:
             rtn = alg.rtn_quantize(stacked, config.bits, config.group_size, config.sym, config.clip)
@@ -106,10 +106,11 @@ def _gptq_stacked(layer: Any, names: list[str], hessian: torch.Tensor,
 
 
 def _refit_checked(weight: torch.Tensor, qw: alg.QuantizedWeight, hessian: torch.Tensor,
-                   held: torch.Tensor | None) -> tuple[alg.QuantizedWeight, bool]:
-    """GPTQ's codes with least-squares scales (`alg.refit_scales`), unless the held-out Hessian `held`
-    says the grid GPTQ rounded on was better. Returns (weight codes, whether the refit was kept)."""
-    refit = alg.refit_scales(weight, qw, hessian)
+                   held: torch.Tensor | None, config: GPTQConfig) -> tuple[alg.QuantizedWeight, bool]:
+    """GPTQ's codes with least-squares scales and `config.refit_rounds` (`alg.refine_gptq`), unless the
+    held-out Hessian `held` says plain GPTQ was better. Returns (weight codes, whether the refit was kept)."""
+    refit = alg.refine_gptq(weight, hessian, qw, config.refit_rounds, sym=config.sym,
+                            block_size=config.block_size, damp=config.damp, act_order=config.act_order)
     if held is not None and sg.output_error(weight, refit.dequantize(), held) > \
             sg.output_error(weight, qw.dequantize(), held):
         return qw, False
@@ -281,7 +282,7 @@ def _quantize_lm_head(model: Any, config: WeightQuantConfig, final: LayerInputs 
         gptq = alg.gptq_quantize(head.weight.data, hessian, bits, group, config.sym, config.block_size,
                                  config.damp, config.act_order, config.clip)
         if config.refit_scales:
-            gptq, _ = _refit_checked(head.weight.data.float(), gptq, hessian, held_hessian)
+            gptq, _ = _refit_checked(head.weight.data.float(), gptq, hessian, held_hessian, config)
         kept = "gptq"
         if held is not None:
             kept, _ = sg.pick(head.weight.data, {"gptq": gptq.dequantize(), "rtn": qw.dequantize()}, held_hessian)

@@ -73,6 +73,10 @@ class GPTQConfig(WeightQuantConfig):
     refit_scales: bool = True
     """After GPTQ, refit each group's scale to its codes by least squares on the calibration Hessian
     (`algorithms.refit_scales`); kept per group of Linears only where the held-out error agrees."""
+    refit_rounds: int = Field(default=8, ge=1, le=20)
+    """With `refit_scales`: rounds of refit, each after the first re-running GPTQ on the refit grid so
+    the codes follow the new scales (stops early when the calibration error stops falling). Each
+    round costs one more GPTQ pass over the weights (not more forward passes)."""
     safeguard: bool = True
     """Per group of Linears sharing an input (q/k/v, o, gate/up, down) keep GPTQ's rounding only where
     its output error on held-out calibration windows (1 in 8 extra, never in a Hessian) is below
