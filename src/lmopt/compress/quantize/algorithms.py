@@ -225,22 +225,25 @@ def refit_scales(w: torch.Tensor, qw: QuantizedWeight, hessian: torch.Tensor, ri
     return QuantizedWeight(qw.q, torch.where(ok, scale, qw.scale), qw.zero, qw.bits, g)
 
 
+def hessian_error(weight: torch.Tensor, approx: torch.Tensor, hessian: torch.Tensor) -> float:
+    """Mean over rows of d H d^T, d = weight - approx ((N, K) each): the output MSE on H's inputs."""
+    delta = approx.float() - weight.float()
+    return float((delta @ hessian.float() * delta).sum() / delta.shape[0])
+
+
 def refine_gptq(w: torch.Tensor, hessian: torch.Tensor, qw: QuantizedWeight, rounds: int = 1,
                 **gptq_args: Any) -> QuantizedWeight:
     """GPTQ's result `qw` with least-squares scales (`refit_scales`), then up to `rounds - 1` more rounds
     of GPTQ on the refit grid (its codes follow the new scales) and another refit, while the error on
     `hessian` falls. Each round is one more GPTQ pass; three rounds lowered the output error of every
-    Linear group tried by 5-7%, held-out tokens too (BENCHMARKS.md, twelfth session)."""
-    def error(q: QuantizedWeight) -> float:
-        delta = q.dequantize() - w.float()  # (N, K)
-        return float((delta @ hessian.float() * delta).sum())
-
+    Linear group tried by 5-11%, eight rounds by 7-16%, held-out tokens too (BENCHMARKS.md, twelfth
+    session)."""
     best = refit_scales(w, qw, hessian)
-    best_error = error(best)
+    best_error = hessian_error(w, best.dequantize(), hessian)
     for _ in range(rounds - 1):
         codes = gptq_quantize(w, hessian, qw.bits, qw.group_size, grid=(best.scale, best.zero), **gptq_args)
         again = refit_scales(w, codes, hessian)
-        again_error = error(again)
+        again_error = hessian_error(w, again.dequantize(), hessian)
         if not again_error < best_error:
             break
         best, best_error = again, again_error
@@ -275,8 +278,7 @@ def awq_search_scales(x_mean: torch.Tensor, hessian: torch.Tensor, weights: list
     best, best_scale = float("inf"), torch.ones(k)
     for step in range(grid):
         s = awq_candidate_scales(x_mean.float(), w_mean, step / grid)
-        delta = w_all - rtn_quantize(w_all * s, bits, g, sym).dequantize() / s
-        loss = float((delta @ hessian * delta).sum()) / w_all.shape[0]
+        loss = hessian_error(w_all, rtn_quantize(w_all * s, bits, g, sym).dequantize() / s, hessian)
         if loss < best:
             best, best_scale = loss, s
     return best_scale, best

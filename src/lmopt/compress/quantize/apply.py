@@ -81,7 +81,7 @@ def _gptq_layer(layer: Any, inputs: LayerInputs, config: GPTQConfig,
         refit = None
         if config.refit_scales:
             qw, refit = _refit_checked(stacked, qw, hessians[owner], held_hessians.get(owner), config)
-        errors[key] = sg.output_error(stacked, qw.dequantize(), hessians[owner])
+        errors[key] = alg.hessian_error(stacked, qw.dequantize(), hessians[owner])
         if owner in held_hessians:
             rtn = alg.rtn_quantize(stacked, config.bits, config.group_size, config.sym, config.clip)
             kept, choices[key] = sg.pick(stacked, {"gptq": qw.dequantize(), "rtn": rtn.dequantize()},
@@ -111,8 +111,8 @@ def _refit_checked(weight: torch.Tensor, qw: alg.QuantizedWeight, hessian: torch
     held-out Hessian `held` says plain GPTQ was better. Returns (weight codes, whether the refit was kept)."""
     refit = alg.refine_gptq(weight, hessian, qw, config.refit_rounds, sym=config.sym,
                             block_size=config.block_size, damp=config.damp, act_order=config.act_order)
-    if held is not None and sg.output_error(weight, refit.dequantize(), held) > \
-            sg.output_error(weight, qw.dequantize(), held):
+    if held is not None and alg.hessian_error(weight, refit.dequantize(), held) > \
+            alg.hessian_error(weight, qw.dequantize(), held):
         return qw, False
     return refit, True
 
@@ -180,7 +180,7 @@ def _awq_layer(layer: Any, inputs: LayerInputs, config: AWQConfig,
         _swap_stacked(layer, names, qw)
     for name in others:
         stacked, qw = _gptq_stacked(layer, [name], stats[name][1], config)
-        losses[name] = sg.output_error(stacked, qw.dequantize(), stats[name][1])
+        losses[name] = alg.hessian_error(stacked, qw.dequantize(), stats[name][1])
         if name in held_hessians:
             rtn = alg.rtn_quantize(stacked, config.bits, config.group_size, config.sym, config.clip)
             kept, choices[sg.group_name([name])] = sg.pick(stacked, {"gptq": qw.dequantize(),

@@ -132,17 +132,11 @@ def hessian_hidden(hidden: list[torch.Tensor], norm: Any = None) -> torch.Tensor
     return h
 
 
-def output_error(weight: torch.Tensor, approx: torch.Tensor, hessian: torch.Tensor) -> float:
-    """Mean over rows of d H d^T, d = weight - approx ((N, K) each): the output MSE on H's inputs."""
-    delta = approx.float() - weight.float()
-    return float((delta @ hessian.float() * delta).sum() / delta.shape[0])
-
-
 def pick(weight: torch.Tensor, candidates: dict[str, torch.Tensor],
          hessian: torch.Tensor) -> tuple[str, dict[str, Any]]:
     """The candidate (name -> de-quantized (N, K) weight) with the least held-out error; on a tie the
     first. Returns (name, {"kept": name, <name>: error, ...})."""
-    errors = {name: output_error(weight, approx, hessian) for name, approx in candidates.items()}
+    errors = {name: alg.hessian_error(weight, approx, hessian) for name, approx in candidates.items()}
     kept = min(errors, key=lambda name: (errors[name], list(errors).index(name)))
     return kept, {"kept": kept, **{name: float(f"{e:.4g}") for name, e in errors.items()}}
 
