@@ -19,8 +19,8 @@ are not a multiple of 128, which lmopt handles with a shorter last group and llm
 and lm_head (unquantized), once with its defaults (the safeguard draws its 16 held-out windows beside the
 same 128) and once on the same 128 windows with the safeguard off, adds RTN and fp32, and measures every
 model with `lmopt.evaluate.perplexity` on the three domains of `quantize_rotation.py` (the first
-`--windows` windows of 1,024 tokens, for each count given). Prints tables and a JSON line with the CPU
-and load average.
+`--windows` windows of 1,024 tokens, for each count given; `--configs` picks the lmopt variants).
+Prints tables and a JSON line with the CPU and load average.
 Goal (issue 13): lmopt's GPTQ at most the perplexity of llm-compressor's GPTQ.
 """
 
@@ -90,7 +90,10 @@ def run_llmc(work: Path, group: int) -> None:
         print(f"{name} g{group}: {len(weights)} tensors on a 4-bit grid, {seconds:.0f} s (oneshot, set-up included)")
 
 
-def evaluate(work: Path, windows: list[int], group: int) -> None:
+CONFIGS = ("defaults", "no-safeguard", "rtn")
+
+
+def evaluate(work: Path, windows: list[int], group: int, configs: tuple[str, ...] = CONFIGS) -> None:
     import copy
 
     import torch
@@ -124,11 +127,14 @@ def evaluate(work: Path, windows: list[int], group: int) -> None:
         if unexpected or len(weights) != sum(k.endswith("_proj.weight") for k in model.state_dict()):
             raise SystemExit(f"llm-compressor weights do not match the model: unexpected {unexpected[:3]}")
         measure(f"llm-compressor GPTQ ({name})", model, {})
-        for label, config, given in (
-                ("lmopt GPTQ defaults", GPTQConfig(bits=4, group_size=group, sym=sym, lm_head_bits=None), None),
-                ("lmopt GPTQ same 128 windows, no safeguard",
+        for key, label, config, given in (
+                ("defaults", "lmopt GPTQ defaults",
+                 GPTQConfig(bits=4, group_size=group, sym=sym, lm_head_bits=None), None),
+                ("no-safeguard", "lmopt GPTQ same 128 windows, no safeguard",
                  GPTQConfig(bits=4, group_size=group, sym=sym, lm_head_bits=None, safeguard=False), fit),
-                ("lmopt RTN", RTNConfig(bits=4, group_size=group, sym=sym, lm_head_bits=None), None)):
+                ("rtn", "lmopt RTN", RTNConfig(bits=4, group_size=group, sym=sym, lm_head_bits=None), None)):
+            if key not in configs:
+                continue
             model = copy.deepcopy(loaded.model)
             quantize(model, config, windows=given, tokenizer=loaded.tokenizer)
             measure(f"{label} ({name})", model, {})
@@ -141,7 +147,7 @@ def evaluate(work: Path, windows: list[int], group: int) -> None:
             print(f"| {row['model']} | {cells} |")
     print(json.dumps({"rows": rows, "cpu": detect_hardware().cpu, "threads": torch.get_num_threads(),
                       "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "windows": windows,
-                      "group": group}))
+                      "group": group, "configs": list(configs)}))
 
 
 def main() -> None:
@@ -151,11 +157,13 @@ def main() -> None:
     parser.add_argument("--windows", type=int, nargs="+", default=[4],
                         help="evaluate on the first N windows of each domain, for each N given")
     parser.add_argument("--group", type=int, default=64)
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS),
+                        help="which lmopt variants `evaluate` quantizes and measures (default: all)")
     args = parser.parse_args()
     os.environ.setdefault("LMOPT_QUIET", "1")
     args.work.mkdir(parents=True, exist_ok=True)
     {"prepare": lambda: prepare(args.work), "llmc": lambda: run_llmc(args.work, args.group),
-     "evaluate": lambda: evaluate(args.work, args.windows, args.group)}[args.stage]()
+     "evaluate": lambda: evaluate(args.work, args.windows, args.group, tuple(args.configs))}[args.stage]()
 
 
 if __name__ == "__main__":

@@ -77,10 +77,7 @@ def _gptq_layer(layer: Any, inputs: LayerInputs, config: GPTQConfig,
     errors, choices = {}, {}
     for owner, names in groups.items():
         key = sg.group_name(names)
-        stacked, qw = _gptq_stacked(layer, names, hessians[owner], config)
-        refit = None
-        if config.refit_scales:
-            qw, refit = _refit_checked(stacked, qw, hessians[owner], held_hessians.get(owner), config)
+        stacked, qw, refit = _gptq_stacked(layer, names, hessians[owner], config, held_hessians.get(owner))
         errors[key] = alg.hessian_error(stacked, qw.dequantize(), hessians[owner])
         if owner in held_hessians:
             rtn = alg.rtn_quantize(stacked, config.bits, config.group_size, config.sym, config.clip)
@@ -93,16 +90,21 @@ def _gptq_layer(layer: Any, inputs: LayerInputs, config: GPTQConfig,
     return errors, choices
 
 
-def _gptq_stacked(layer: Any, names: list[str], hessian: torch.Tensor,
-                  config: WeightQuantConfig) -> tuple[torch.Tensor, alg.QuantizedWeight]:
+def _gptq_stacked(layer: Any, names: list[str], hessian: torch.Tensor, config: WeightQuantConfig,
+                  held: torch.Tensor | None = None) -> tuple[torch.Tensor, alg.QuantizedWeight, bool | None]:
     """GPTQ of the named Linears (fed the same input, with this Hessian) stacked into one (sum N, K)
-    matrix; returns (stacked float weight, codes). GPTQ settings come from `config` when it is a
-    GPTQConfig, else GPTQConfig's defaults (AWQ with gptq rounding)."""
-    gptq = config if isinstance(config, GPTQConfig) else GPTQConfig()
+    matrix, then the scale refit (`_refit_checked`, with the held-out Hessian `held` if given).
+    Returns (stacked float weight, codes, whether the refit was kept or None when it is off). GPTQ
+    settings come from `config` when it is a GPTQConfig, else GPTQConfig's defaults (AWQ with gptq
+    rounding gets the same GPTQ as method gptq)."""
+    gptq = config if isinstance(config, GPTQConfig) else GPTQConfig(sym=config.sym)
     stacked = torch.cat([layer.get_submodule(name).weight.data for name in names]).float()
     qw = alg.gptq_quantize(stacked, hessian, config.bits, config.group_size, config.sym, gptq.block_size,
                            gptq.damp, gptq.act_order, config.clip)
-    return stacked, qw
+    if not gptq.refit_scales:
+        return stacked, qw, None
+    qw, refit = _refit_checked(stacked, qw, hessian, held, gptq)
+    return stacked, qw, refit
 
 
 def _refit_checked(weight: torch.Tensor, qw: alg.QuantizedWeight, hessian: torch.Tensor,
@@ -167,8 +169,11 @@ def _awq_layer(layer: Any, inputs: LayerInputs, config: AWQConfig,
     # the safeguard drops that fold, before the previous group is rounded.
     for group, first, scales in reversed(folded):
         names = list(group.linears)
-        hessian = stats[first][1] / (scales[:, None] * scales[None, :]) if config.rounding == "gptq" else None
-        qw = _round_stacked(layer, names, hessian, config)  # the inputs are now x / s: Hessian H / (s s^T)
+        # the inputs are now x / s: Hessians H / (s s^T)
+        hessian, held = (stats[first][1], held_hessians.get(first)) if config.rounding == "gptq" else (None, None)
+        rescale = scales[:, None] * scales[None, :]
+        qw = _round_stacked(layer, names, None if hessian is None else hessian / rescale, config,
+                            None if held is None else held / rescale)
         if first in held_hessians:
             current = torch.cat([layer.get_submodule(n).weight.data for n in names]).float() / scales
             rtn = alg.rtn_quantize(current, config.bits, config.group_size, config.sym, config.clip)
@@ -179,7 +184,7 @@ def _awq_layer(layer: Any, inputs: LayerInputs, config: AWQConfig,
                 qw = rtn
         _swap_stacked(layer, names, qw)
     for name in others:
-        stacked, qw = _gptq_stacked(layer, [name], stats[name][1], config)
+        stacked, qw, _ = _gptq_stacked(layer, [name], stats[name][1], config, held_hessians.get(name))
         losses[name] = alg.hessian_error(stacked, qw.dequantize(), stats[name][1])
         if name in held_hessians:
             rtn = alg.rtn_quantize(stacked, config.bits, config.group_size, config.sym, config.clip)
@@ -191,11 +196,12 @@ def _awq_layer(layer: Any, inputs: LayerInputs, config: AWQConfig,
     return losses, choices
 
 
-def _round_stacked(layer: Any, names: list[str], hessian: torch.Tensor | None,
-                   config: WeightQuantConfig) -> alg.QuantizedWeight:
-    """The named Linears' stacked weights rounded by GPTQ with `hessian`, or to nearest without one."""
+def _round_stacked(layer: Any, names: list[str], hessian: torch.Tensor | None, config: WeightQuantConfig,
+                   held: torch.Tensor | None = None) -> alg.QuantizedWeight:
+    """The named Linears' stacked weights rounded by GPTQ with `hessian` (refit checked on `held`), or
+    to nearest without one."""
     if hessian is not None:
-        return _gptq_stacked(layer, names, hessian, config)[1]
+        return _gptq_stacked(layer, names, hessian, config, held)[1]
     stacked = torch.cat([layer.get_submodule(name).weight.data for name in names]).float()
     return alg.rtn_quantize(stacked, config.bits, config.group_size, config.sym, config.clip)
 

@@ -94,7 +94,8 @@ class AWQConfig(WeightQuantConfig):
     """Number of alpha values tried in [0, 1) for the scales x_mean^alpha / w_mean^(1-alpha)."""
     rounding: Literal["rtn", "gptq"] = "rtn"
     """How the rescaled weights are rounded: to nearest (AWQ as published) or by GPTQ with the
-    rescaled inputs' Hessian (AWQ then GPTQ, as llm-compressor recipes chain them)."""
+    rescaled inputs' Hessian (AWQ then GPTQ, as llm-compressor recipes chain them), with GPTQConfig's
+    defaults, its scale refit rounds included."""
     safeguard: bool = True
     """Per group of Linears (q/k/v, o, gate/up, down) keep AWQ's scaled rounding only where its output
     error on held-out calibration windows (1 in 8 extra, never in a scale search) is below plain
