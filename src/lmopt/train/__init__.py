@@ -8,7 +8,7 @@ response-only labels), `losses.py` (CE and divergences, pure math), `optim.py` (
 dropout), `lora.py` (peft), `loop.py` (the accelerate loop), `checkpoint.py` (resume), `callbacks.py`
 (hooks), `finetune.py` and `distill.py` (the verbs), `setup.py` (the run set-up both share: data,
 trainable model, loop wiring, result), `students.py` (students cut from a teacher), `step.py`
-(recipe steps), `cli.py` (`lmopt train`, `lmopt distill`).
+(recipe steps; the verbs `lmopt train` and `lmopt distill` are generated from them in `lmopt/cli/steps.py`).
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ calibration flow and model rewriting; `safeguard.py` held-out windows and the pe
 against RTN; `rotate.py` Hadamard/orthogonal matrices, `rotate_model.py` fusing them into a llama
 model, `rotate_step.py` the `rotate` step; `smoothing.py` equivalent rescaling of a layer; `runtime.py`
 `QuantLinear`; `kernels.py` its backends; `packing.py` bit packing; `storage.py` the saved format
-and HF export; `config.py` typed configs; `step.py` / `cli.py` the recipe step and CLI verb.
+and HF export; `config.py` typed configs; `step.py` the recipe step (its CLI verb, `lmopt quantize`, is generated in
+`lmopt/cli/steps.py`).
 
 How to add a method: a pure function in algorithms.py with a toy-layer test against RTN; a
 per-layer function in apply.py registered in LAYER_METHODS; a config in config.py added to
