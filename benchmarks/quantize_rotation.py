@@ -1,6 +1,8 @@
 """Quality of W4 g128 quantization with default settings on three domains: fp32, RTN, GPTQ, rotate+GPTQ.
 
 Run:  nice python benchmarks/quantize_rotation.py [--windows 4] [--seq-len 1024] [--methods ...]
+      (methods: fp32 and any quantize method, e.g. rtn,gptq,awq,rotate+gptq, or awq+gptq: AWQ with
+      GPTQ rounding)
       (--smoke: the tiny random model, 8 calibration windows of 64 tokens, 1 window per domain)
 Every method runs with its config defaults (calibration: the `mix`, 128 x 512 tokens plus 16 held-out
 windows for the safeguard), on the embedded SmolLM2-135M-Instruct in fp32, one after another in this
@@ -23,6 +25,7 @@ import time
 from pathlib import Path
 
 METHODS = ("fp32", "rtn", "gptq", "rotate+gptq")
+VARIANTS = {"awq+gptq": ("awq", {"rounding": "gptq"})}  # a method name here -> (method, config fields)
 
 
 def domain_texts(data_dir: Path) -> dict[str, str]:
@@ -41,7 +44,8 @@ def quantized(loaded, method: str, args) -> tuple[object, dict]:  # noqa: ANN001
     model = copy.deepcopy(loaded.model)
     if method == "fp32":
         return model, {}
-    config = METHOD_CONFIGS[method](bits=4, group_size=128)
+    name, extra = VARIANTS.get(method, (method, {}))
+    config = METHOD_CONFIGS[name](bits=4, group_size=128, **extra)
     calibration = getattr(config, "calibration", None)
     if calibration is not None:
         update = {"data_dir": str(args.data_dir)}
