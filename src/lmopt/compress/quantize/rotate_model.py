@@ -14,7 +14,7 @@ down_proj and on queries/keys. The float model computes the same function up to 
 `rotate_llama` returns what it did, for the card.
 
 Follow it with GPTQ, not RTN. SmolLM2-135M, W4 g128, WikiText-2 (4 windows of 1,024) against fp32:
-GPTQ x1.29 -> rotate+GPTQ x1.14, but RTN x1.39 -> rotate+RTN x2.07. Its residual stream has massive
+GPTQ x1.24 -> rotate+GPTQ x1.11, but RTN x1.39 -> rotate+RTN x2.07 (BENCHMARKS.md). Its residual stream has massive
 dimensions (507 and 247: about half of every token's normalized energy) whose norm weights are ~1e-3,
 so they hardly reach the Linears; after folding and rotating they reach every input column, and
 rounding errors that RTN does not steer away from them cost output error. GPTQ's Hessian sees those
