@@ -170,3 +170,21 @@ def test_awq_gptq_rounding_gets_gptqs_scale_refit():
                            damp=gptq.damp, act_order=gptq.act_order)
     torch.testing.assert_close(got.dequantize(), want.dequantize())
     assert alg.output_error(fit, w, got.dequantize()) < alg.output_error(fit, w, plain.dequantize())
+
+
+def test_awq_rtn_scale_refit_lowers_the_first_layers_calibration_error(tiny):
+    """`AWQConfig(refit_scales=True)`: RTN's codes with least-squares scales. The first layer sees the
+    calibration windows' embeddings either way, so its q/k/v output error on them (brute force, through
+    the folded norm) can only fall: the solve minimizes exactly that error, stacked."""
+    windows = torch.randint(0, 500, (16, 24))
+    errors = {}
+    for refit in (False, True):
+        model = copy.deepcopy(tiny.model)
+        quantize(model, AWQConfig(refit_scales=refit, safeguard=False, lm_head_bits=None), windows=windows)
+        layer, ref = dequantized_copy(model).model.layers[0], tiny.model.model.layers[0]
+        with torch.no_grad():
+            emb = tiny.model.model.embed_tokens(windows)
+            x_ref, x = ref.input_layernorm(emb), layer.input_layernorm(emb)  # x carries AWQ's 1 / s
+            errors[refit] = sum(float((getattr(ref.self_attn, n)(x_ref) - getattr(layer.self_attn, n)(x)).pow(2).sum())
+                                for n in ("q_proj", "k_proj", "v_proj"))
+    assert errors[True] < errors[False]

@@ -113,9 +113,15 @@ def _refit_checked(weight: torch.Tensor, qw: alg.QuantizedWeight, hessian: torch
     held-out Hessian `held` says plain GPTQ was better. Returns (weight codes, whether the refit was kept)."""
     refit = alg.refine_gptq(weight, hessian, qw, config.refit_rounds, sym=config.sym,
                             block_size=config.block_size, damp=config.damp, act_order=config.act_order)
+    return _held_out_better(weight, qw, refit, held)
+
+
+def _held_out_better(weight: torch.Tensor, base: alg.QuantizedWeight, refit: alg.QuantizedWeight,
+                     held: torch.Tensor | None) -> tuple[alg.QuantizedWeight, bool]:
+    """(`refit`, True) unless the held-out Hessian `held` gives `base` the smaller error: (`base`, False)."""
     if held is not None and alg.hessian_error(weight, refit.dequantize(), held) > \
-            alg.hessian_error(weight, qw.dequantize(), held):
-        return qw, False
+            alg.hessian_error(weight, base.dequantize(), held):
+        return base, False
     return refit, True
 
 
@@ -174,6 +180,11 @@ def _awq_layer(layer: Any, inputs: LayerInputs, config: AWQConfig,
         rescale = scales[:, None] * scales[None, :]
         qw = _round_stacked(layer, names, None if hessian is None else hessian / rescale, config,
                             None if held is None else held / rescale)
+        if config.rounding == "rtn" and config.refit_scales:  # least-squares scales for RTN's codes
+            scaled = torch.cat([layer.get_submodule(n).weight.data for n in names]).float()
+            refit = alg.refit_scales(scaled, qw, stats[first][1] / rescale)
+            held = held_hessians.get(first)
+            qw, _ = _held_out_better(scaled, qw, refit, None if held is None else held / rescale)
         if first in held_hessians:
             current = torch.cat([layer.get_submodule(n).weight.data for n in names]).float() / scales
             rtn = alg.rtn_quantize(current, config.bits, config.group_size, config.sym, config.clip)

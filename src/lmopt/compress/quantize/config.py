@@ -92,6 +92,10 @@ class AWQConfig(WeightQuantConfig):
     """Calibration text, amount and batching (shared by every calibrated method and pruning)."""
     grid: int = Field(default=20, ge=1)
     """Number of alpha values tried in [0, 1) for the scales x_mean^alpha / w_mean^(1-alpha)."""
+    refit_scales: bool = False
+    """With `rounding: rtn`, refit each group's scales to the rounded codes by least squares on the
+    rescaled inputs' Hessian (`algorithms.refit_scales`), kept per group of Linears where the held-out
+    windows agree (GPTQ's refit; with `rounding: gptq` GPTQConfig's refit rounds apply instead)."""
     rounding: Literal["rtn", "gptq"] = "rtn"
     """How the rescaled weights are rounded: to nearest (AWQ as published) or by GPTQ with the
     rescaled inputs' Hessian (AWQ then GPTQ, as llm-compressor recipes chain them), with GPTQConfig's
