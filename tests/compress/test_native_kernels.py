@@ -1,6 +1,6 @@
 """lmopt's C matmul kernels (compress/quantize/native.py, lmopt/native/qa8.c) against brute force:
 the de-quantized weight times the activations rounded to int8 per block of 32, for 4- and 8-bit
-codes, several group sizes and row counts; the portable (non-VNNI) build too; and the layouts the
+codes, several group sizes and row counts; the AVX2 and portable builds too; and the layouts the
 kernels refuse."""
 
 from __future__ import annotations
@@ -13,17 +13,20 @@ from lmopt.compress.quantize import native
 from lmopt.compress.quantize.algorithms import dequantize, rtn_quantize
 from lmopt.compress.quantize.runtime import QuantLinear
 from lmopt.errors import LmoptError
+from lmopt.hardware import cpu_flags
 
 needs_kernel = pytest.mark.skipif(not native.available(),
-                                  reason="lmopt's C kernels need a C compiler and AVX-512 VNNI")
+                                  reason="lmopt's C kernels need a C compiler and AVX2 or AVX-512 VNNI")
 
 
 def _round_activations(x: torch.Tensor) -> torch.Tensor:
-    """What the kernel multiplies by: x (M, K) rounded per row and block of 32 to d * int8."""
+    """What the kernel multiplies by: x (M, K) rounded per row and block of 32 to d * int8, with the
+    kernel's float32 arithmetic (x * (127 / amax), not x / d: the two can round a tie differently)."""
     blocks = x.float().view(x.shape[0], -1, 32)
-    d = blocks.abs().amax(-1, keepdim=True) / 127
-    q = torch.where(d > 0, torch.round(blocks / torch.where(d > 0, d, 1)), 0)
-    return (q * d).view_as(x.float())
+    amax = blocks.abs().amax(-1, keepdim=True)
+    # a tensor divided by a tensor (127 / tensor would multiply by a reciprocal, another rounding)
+    inv = torch.where(amax > 0, torch.full_like(amax, 127) / torch.where(amax > 0, amax, 1), 0)
+    return (torch.round(blocks * inv) * (amax / 127)).view_as(x.float())
 
 
 def _case(bits: int, group: int, n: int = 48, k: int = 160, seed: int = 0):
@@ -56,18 +59,24 @@ def test_kernel_is_the_dequantized_weight_times_rounded_activations(bits, group,
     assert (got - x.float() @ weight.T).abs().max() < 0.05 * reference.abs().max()
 
 
-def test_portable_build_matches_brute_force(tmp_path):
-    """The loops a CPU without AVX-512 VNNI runs, built here without it."""
+@pytest.mark.parametrize("march,simd", [("x86-64", 0), ("x86-64-v3", 1)])
+def test_builds_for_other_cpus_match_brute_force(tmp_path, march, simd):
+    """The paths other CPUs run, built here for them: the portable loops (no AVX2) and the AVX2 path
+    (no AVX-512 VNNI: maddubs on nibbles), over row counts that cover the multi-row and single-row
+    loops and more than one chunk of 8 rows."""
     cc = lmopt.native.compiler()
     if cc is None:
         pytest.skip("no C compiler")
-    flags = [f for f in lmopt.native.FLAGS if f != "-march=native"] + ["-march=x86-64"]
-    lib = lmopt.native.load(lmopt.native.build(cc, flags, tmp_path / "portable.so"))
-    assert lib.lmopt_qa8_vnni() == 0
-    for bits in (4, 8):
-        qw, weight = _case(bits, 32, n=32, k=96, seed=bits)
+    if simd and not {"avx2", "fma", "f16c"} <= set(cpu_flags()):
+        pytest.skip("this CPU cannot run an AVX2 build")
+    flags = [f for f in lmopt.native.FLAGS if f != "-march=native"] + [f"-march={march}"]
+    lib = lmopt.native.load(lmopt.native.build(cc, flags, tmp_path / f"{march}.so"))
+    assert lib.lmopt_qa8_simd() == simd
+    for bits, rows in ((4, 1), (4, 11), (8, 1), (8, 3)):
+        qw, weight = _case(bits, 32, n=32, k=160, seed=bits + rows)
         kernel = native.pack_weights(qw.q, qw.scale, qw.zero, qw.group_size, bits)
-        x = torch.randn(2, 96).bfloat16()
+        x = torch.randn(rows, 160).bfloat16()
+        x[0, :32] = 0  # an all-zero block: d = 0
         torch.testing.assert_close(_call(lib, x, kernel).float(), _round_activations(x) @ weight.T,
                                    rtol=8e-3, atol=1e-3)
 

@@ -4,7 +4,7 @@ Small C files (and `bf16.h`, bf16 conversions), for the two places where no main
 has a fast CPU kernel that lmopt can call per layer (torchao's x86 kernels are not in its PyPI
 wheel; llama.cpp's live inside its own runtime):
 - `qa8.c`: 4- and 8-bit weights x int8 activations (the `q4a8`/`q8a8` paths of a quantized linear,
-  compress/quantize/native.py);
+  compress/quantize/native.py), with an AVX-512 VNNI path and an AVX2 one (`qa8_avx2.h`);
 - `attention.c`: one decode token's rotary embedding, KV-cache write and attention over the cache,
   and `elementwise.c`: residual add + RMSNorm, SiLU * up (the serving engine's batch-1 step,
   serve/attention.py and serve/runner.py).
@@ -34,12 +34,12 @@ from lmopt.hardware import cpu_flags, detect_hardware
 from lmopt.settings import lmopt_home
 
 SOURCES = [Path(__file__).with_name(name) for name in ("qa8.c", "attention.c", "elementwise.c")]
-HEADERS = [Path(__file__).with_name("bf16.h")]
+HEADERS = [Path(__file__).with_name(name) for name in ("bf16.h", "qa8_avx2.h")]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 _P, _I64, _INT, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 SIGNATURES = {
     "lmopt_qa8_linear": [_P, _I64, _I64, _INT, _P, _P, _P, _I64, _P],
-    "lmopt_qa8_vnni": [],
+    "lmopt_qa8_simd": [],
     "lmopt_rope_attend_one": [_P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _F, _P],
     "lmopt_add_rms_norm": [_P, _P, _P, _I64, _F, _P],
     "lmopt_silu_mul": [_P, _I64, _P],
@@ -111,12 +111,14 @@ def status() -> str:
     lib = library()
     if lib is None:
         return "the C compiler failed to build them: torch kernels only"
-    if not lib.lmopt_qa8_vnni():
-        return "built without AVX-512 VNNI: the q4a8/q8a8 kernels are not offered"
-    return "built with AVX-512 VNNI: q4a8/q8a8 timed against torch's kernels, C attention for batch-1 decode"
+    simd = lib.lmopt_qa8_simd()
+    if not simd:
+        return "built without AVX2 or AVX-512 VNNI: the q4a8/q8a8 kernels are not offered"
+    isa = "AVX-512 VNNI" if simd == 2 else "AVX2"
+    return f"built with {isa}: q4a8/q8a8 timed against torch's kernels, C attention for batch-1 decode"
 
 
 def available() -> bool:
-    """The library is built with its vector (AVX-512 VNNI) paths; the portable loops are not worth timing."""
+    """The library is built with a vector path (AVX-512 VNNI or AVX2); the portable loops are not worth timing."""
     lib = library()
-    return lib is not None and bool(lib.lmopt_qa8_vnni())
+    return lib is not None and bool(lib.lmopt_qa8_simd())

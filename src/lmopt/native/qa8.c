@@ -29,8 +29,12 @@
 #if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #include <immintrin.h>
 #define LMOPT_VNNI 1
-#define PREFETCH_GROUPS 2
+#define LMOPT_SIMD 2
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define LMOPT_SIMD 1
+#include "qa8_avx2.h"  /* quantize_row, group_store */
 #endif
+#define PREFETCH_GROUPS 2
 
 /* One row of x (K bf16) -> xq (K int8), d and s (K/32 floats each). The VNNI build does a block
  * in a few vector ops (the same products and round-to-nearest-even as the portable loop, so the
@@ -54,7 +58,7 @@ static void quantize_row(const uint16_t *x, int64_t K, int8_t *xq, float *d, flo
         s[b] = scale * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi));
     }
 }
-#else
+#elif !defined(LMOPT_SIMD)
 static void quantize_row(const uint16_t *x, int64_t K, int8_t *xq, float *d, float *s) {
     for (int64_t b = 0; b < K / 32; b++) {
         float v[32], amax = 0.f;
@@ -75,14 +79,14 @@ static void quantize_row(const uint16_t *x, int64_t K, int8_t *xq, float *d, flo
 #endif
 
 #ifdef LMOPT_VNNI
-/* 16 rows (one group of the interleaved layout) x `rows` quantized activation rows (1 or ROWS4,
+/* 16 rows (one group of the interleaved layout) x `rows` quantized activation rows (1 or ROWS_MULTI,
  * a constant at each call, so the loops over it unroll) -> acc[r], 16 outputs each.
  * Per block of 32 inputs: lane r of a VNNI dot multiplies W row r's 4 codes by 4 broadcast
  * activations, so 8 dots give the 16 rows' block sums with no horizontal reduction. Each 64-byte
  * code vector is loaded and unpacked once for all `rows` (for prompt chunks the unpacking, not the
  * dots, bounds a single row). `ahead`: bytes to the block prefetched (the same block a few groups
  * on: hides memory latency at batch 1; 0 for none). */
-#define ROWS4 4
+#define ROWS_MULTI 4
 static inline void group_dot(const uint8_t *q, int bits, const uint16_t *ws, const uint16_t *wz, int64_t nb,
                              const int8_t *xq, int64_t K, const float *d, const float *s, int rows,
                              int64_t ahead, __m512 *acc) {
@@ -94,7 +98,7 @@ static inline void group_dot(const uint8_t *q, int bits, const uint16_t *ws, con
         if (ahead)
             for (int64_t line = 0; line < block; line += 64)
                 _mm_prefetch((const char *)(qb + ahead + line), _MM_HINT_T0);
-        __m512i dot[ROWS4];
+        __m512i dot[ROWS_MULTI];
         for (int r = 0; r < rows; r++) dot[r] = _mm512_setzero_si512();
         for (int j = 0; j < 8; j += 2) {  /* inputs 4j..4j+3 and 4j+4..4j+7 of the block */
             __m512i v0, v1;
@@ -128,6 +132,15 @@ static inline void store_bf16x16(uint16_t *y, __m512 v) {  /* round to nearest e
                                     _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)));
     _mm256_storeu_si256((__m256i *)y, _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_add_epi32(u, bias), 16)));
 }
+
+/* group_dot, then the 16 outputs of each activation row to y (row stride N). */
+static inline void group_store(const uint8_t *q, int bits, const uint16_t *ws, const uint16_t *wz, int64_t nb,
+                               const int8_t *xq, int64_t K, const float *d, const float *s, int rows,
+                               int64_t ahead, uint16_t *y, int64_t N) {
+    __m512 acc[ROWS_MULTI];
+    group_dot(q, bits, ws, wz, nb, xq, K, d, s, rows, ahead, acc);
+    for (int r = 0; r < rows; r++) store_bf16x16(y + r * N, acc[r]);
+}
 #endif
 
 static inline float half_to_float(uint16_t h) {
@@ -142,6 +155,7 @@ static inline float half_to_float(uint16_t h) {
     return f;
 }
 
+#ifndef LMOPT_SIMD
 /* The portable path: one row r of a group of 16. */
 static float row_dot(const uint8_t *q, int bits, const uint16_t *ws, const uint16_t *wz, int64_t nb, int r,
                      const int8_t *xq, const float *d, const float *s) {
@@ -160,11 +174,13 @@ static float row_dot(const uint8_t *q, int bits, const uint16_t *ws, const uint1
     }
     return y;
 }
+#endif
 
-/* 1 when this build has the VNNI path (else the portable loops, which the autotuner will reject). */
-int lmopt_qa8_vnni(void) {
-#ifdef LMOPT_VNNI
-    return 1;
+/* The vector path this build has: 2 AVX-512 VNNI, 1 AVX2 (qa8_avx2.h), 0 none (the portable loops,
+ * not worth timing). */
+int lmopt_qa8_simd(void) {
+#ifdef LMOPT_SIMD
+    return LMOPT_SIMD;
 #else
     return 0;
 #endif
@@ -194,25 +210,19 @@ int lmopt_qa8_linear(const uint16_t *x, int64_t M, int64_t K, int bits, const ui
             const uint8_t *q = wq + g * group_bytes;
             const uint16_t *wsg = ws + g * 16 * nb, *wzg = wz + g * 16 * nb;
             int64_t m = m0;
-#ifdef LMOPT_VNNI
-            for (; m + ROWS4 <= m1; m += ROWS4) {
-                __m512 acc[ROWS4];
-                group_dot(q, bits, wsg, wzg, nb, xq + m * K, K, d + m * nb, s + m * nb, ROWS4, 0, acc);
-                for (int r = 0; r < ROWS4; r++) store_bf16x16(y + (m + r) * N + g * 16, acc[r]);
-            }
-#endif
-            for (; m < m1; m++) {
-#ifdef LMOPT_VNNI
-                __m512 acc;
-                group_dot(q, bits, wsg, wzg, nb, xq + m * K, K, d + m * nb, s + m * nb, 1,
-                          PREFETCH_GROUPS * group_bytes, &acc);
-                store_bf16x16(y + m * N + g * 16, acc);
+#ifdef LMOPT_SIMD
+            for (; m + ROWS_MULTI <= m1; m += ROWS_MULTI)
+                group_store(q, bits, wsg, wzg, nb, xq + m * K, K, d + m * nb, s + m * nb, ROWS_MULTI, 0,
+                            y + m * N + g * 16, N);
+            for (; m < m1; m++)
+                group_store(q, bits, wsg, wzg, nb, xq + m * K, K, d + m * nb, s + m * nb, 1,
+                            PREFETCH_GROUPS * group_bytes, y + m * N + g * 16, N);
 #else
+            for (; m < m1; m++)
                 for (int r = 0; r < 16; r++)
                     y[m * N + g * 16 + r] = float_to_bf16(row_dot(q, bits, wsg, wzg, nb, r, xq + m * K,
                                                                   d + m * nb, s + m * nb));
 #endif
-            }
         }
     }
     free(xq); free(d); free(s);

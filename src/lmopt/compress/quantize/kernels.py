@@ -8,6 +8,7 @@ layers: the autotuner times them with the backend's own and keeps the fastest pe
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ import torch
 from lmopt.compress.quantize import native
 from lmopt.compress.quantize.algorithms import expand_groups
 from lmopt.errors import LmoptError
+from lmopt.hardware import cpu_flags
 
 CORRECTION_BLOCK = 1 << 18
 """Outputs corrected per block for asymmetric int8 codes (1 MB of fp32 temporaries)."""
@@ -70,7 +72,7 @@ def pick_backend(layer: Any, backend: str) -> str:
             raise LmoptError(f"backend '{backend}' cannot run a {layer.bits}-bit, group {layer.group_size} layer "
                              f"({layer.out_features}x{layer.in_features}) here: q4a8 takes 2-4 bits, q8a8 5-8, "
                              "both groups of whole 32-column blocks, rows in 16s, a CPU, and a C compiler "
-                             "with AVX-512 VNNI (see lmopt.compress.quantize.native)")
+                             "with AVX2 or AVX-512 VNNI (see lmopt.compress.quantize.native)")
         return backend
     if backend not in ("int4", "int8", "dequant", "w8a8"):
         raise LmoptError(f"unknown quantized backend '{backend}' "
@@ -120,7 +122,17 @@ def run_kernel(backend: str, kernel: dict[str, Any], x: torch.Tensor) -> torch.T
         if "offset" in kernel:  # asymmetric codes: (q - z) s = (q - 128) s - (z - 128) s
             _subtract_rank_one(y, x.float().sum(-1, keepdim=True), kernel["offset"])
         return y
-    return torch.ops.quantized.linear_dynamic(x.float().contiguous(), kernel["packed"], False)
+    return torch.ops.quantized.linear_dynamic(x.float().contiguous(), kernel["packed"], w8a8_reduce_range())
+
+
+@lru_cache(maxsize=1)
+def w8a8_reduce_range() -> bool:
+    """Whether w8a8 rounds activations to 7 bits (0..127) instead of 8: on x86 CPUs without VNNI the
+    int8 GEMM multiplies u8 activations by s8 weights with vpmaddubsw, whose int16 pair sums saturate
+    for full-range activations (2 * 255 * 128 > 32767), silently wrong outputs (seen on a 2-core AVX2
+    EPYC: 0.79 off on outputs of size 0.1); 7 bits cannot saturate (2 * 127 * 128 = 32512). PyTorch's
+    x86 qconfigs set `reduce_range` for the same reason. VNNI's vpdpbusd sums into int32."""
+    return "avx512_vnni" not in cpu_flags() and "amx_int8" not in cpu_flags()
 
 
 def _subtract_rank_one(y: torch.Tensor, column: torch.Tensor, row: torch.Tensor) -> None:
@@ -134,8 +146,10 @@ def _subtract_rank_one(y: torch.Tensor, column: torch.Tensor, row: torch.Tensor)
 
 
 def fake_quant_activation(x: torch.Tensor) -> torch.Tensor:
-    """Per-tensor asymmetric uint8 round trip of x: what the w8a8 kernel does to its input."""
+    """Per-tensor asymmetric uint8 round trip of x: what the w8a8 kernel does to its input (127
+    levels where `w8a8_reduce_range()`, else 255)."""
+    levels = 127 if w8a8_reduce_range() else 255
     lo, hi = x.min().clamp(max=0), x.max().clamp(min=0)
-    scale = ((hi - lo) / 255).clamp(min=1e-8)
+    scale = ((hi - lo) / levels).clamp(min=1e-8)
     zero = torch.round(-lo / scale)
-    return (torch.clamp(torch.round(x / scale) + zero, 0, 255) - zero) * scale
+    return (torch.clamp(torch.round(x / scale) + zero, 0, levels) - zero) * scale
