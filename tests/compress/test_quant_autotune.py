@@ -152,7 +152,7 @@ def test_every_path_matches_dequant(bits, group, sym, act):
     layer.prepare("auto")
     kernel = layer.backend if layer.backend in at.KERNELS else None
     assert kernel == {(4, False): "int4", (8, False): "int8" if group == 0 else None, (8, True): "w8a8"}[(bits, act)]
-    own = {4: "q4a8", 8: "q8a8"}[bits] if native.available() and not act else None  # lmopt's C kernel
+    own = {4: "q4a8", 8: "q8a8"}[bits] if native.available() else None  # lmopt's C kernel (int8 x int8 too)
     assert layer.kernel_candidates() == [*([kernel] if kernel else []), *([own] if own else [])]
     x = torch.randn(2, 3, 96)
     reference = layer.run_path("dequant", x.bfloat16().float())
@@ -215,6 +215,27 @@ def test_stack_shares_the_plan_and_the_dense_copy():
     mixed[1].prepare("int4")  # another plan source: not stacked
     assert QuantLinear.stack(mixed) is None and QuantLinear.stack(parts[:1]) is None
     assert QuantLinear.stack([parts[0], torch.nn.Linear(96, 32)]) is None
+
+
+def test_int8_activation_layers_stack_as_int8_activation_layers():
+    """W8A8's q/k/v stack into one layer that still rounds its activations (the serving engine's fused
+    projections): same backend, same outputs as the parts, and the hot-loop closure agrees too."""
+    parts = [_layer(8, 0, out=n, sym=True, seed=i) for i, n in enumerate((64, 32))]
+    for part in parts:
+        part.act_quant = True
+        part.prepare("auto")
+    stacked = QuantLinear.stack(parts)
+    assert stacked is not None and stacked.act_quant and stacked.backend == parts[0].backend
+    for rows in (1, 40):
+        x = torch.randn(rows, 96).bfloat16()
+        whole = stacked(x).float()
+        for got, part in zip(whole.split([64, 32], dim=-1), parts, strict=True):
+            torch.testing.assert_close(got, part(x).float(), rtol=1e-2, atol=1e-2)
+        bare = QuantLinear.from_codes(stacked.codes(), stacked.scales.float(), stacked.zeros.float(), 8,
+                                      stacked.group_size)  # no bias: direct() runs its hot loop
+        bare.act_quant = True
+        bare.prepare("auto")
+        torch.testing.assert_close(bare.direct()(x).float(), bare(x).float(), rtol=0, atol=0)
 
 
 def test_kernel_plan_names_each_layer_class(tiny):

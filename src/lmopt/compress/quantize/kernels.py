@@ -38,8 +38,10 @@ def int4_kernel_group(k: int, group_size: int) -> int | None:
 
 def native_kernel(layer: Any) -> str | None:
     """lmopt's C kernel for this layer's layout ("q4a8"/"q8a8") when it is built here with its vector
-    path and the layer is on a CPU, without activation quantization of its own; else None."""
-    if layer.qweight.device.type != "cpu" or layer.act_quant:
+    path and the layer is on a CPU; else None. A layer with int8 activations (W8A8) may take q8a8: it
+    rounds activations to int8 too, per row and block of 32 (a finer grid than w8a8's one scale per
+    tensor), and on CPUs without VNNI it is the fast int8 x int8 path (oneDNN's falls to 7 bits)."""
+    if layer.qweight.device.type != "cpu" or (layer.act_quant and layer.bits != 8):
         return None
     name = native.kernel_for(layer.bits, layer.group_size, layer.in_features, layer.out_features)
     return name if name and native.available() else None

@@ -219,7 +219,7 @@ class QuantLinear(torch.nn.Module):
         stacked = cls.from_codes(torch.cat([lin.codes() for lin in linears]),
                                  torch.cat([lin.scales.float() for lin in linears]),
                                  torch.cat([lin.zeros.float() for lin in linears]),
-                                 first.bits, first.group_size, bias).to(first.qweight.device)
+                                 first.bits, first.group_size, bias, first.act_quant).to(first.qweight.device)
         if stacked.prepare(first.requested, first.dense_rows, first.cache_dense) != first.backend or \
                 all(path == "dequant" for _, path in stacked.plan.tiers):
             return None
@@ -275,7 +275,7 @@ class QuantLinear(torch.nn.Module):
         first row range calls the int4/int8 kernel straight away, anything else goes to `forward`.
         `forward`'s dispatch (plan lookup, path checks, reshapes, dtype casts) costs 6-13 us per call
         at 1 row against 14-57 us of kernel (BENCHMARKS.md), 120 calls per token in SmolLM2."""
-        if self.bias is not None or self.act_quant:
+        if self.bias is not None:  # (int8-activation layers too: q8a8 rounds its own; w8a8 goes to forward)
             return self.forward
         forward, bf16 = self.forward, torch.bfloat16
         int4_mm = getattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu", None)  # None: no such backend
