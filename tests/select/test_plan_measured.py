@@ -7,7 +7,6 @@ from dataclasses import replace
 import pytest
 
 from lmopt.hardware import cpu_flags
-
 from lmopt.select.calibrate import MatvecProbe, fit_overhead, load_calibration, probe_layers, probe_model
 from lmopt.select.hardware_table import Target
 from lmopt.select.model_shape import model_shape
