@@ -176,20 +176,19 @@ def _awq_layer(layer: Any, inputs: LayerInputs, config: AWQConfig,
     for group, first, scales in reversed(folded):
         names = list(group.linears)
         # the inputs are now x / s: Hessians H / (s s^T)
-        hessian, held = (stats[first][1], held_hessians.get(first)) if config.rounding == "gptq" else (None, None)
+        held_hessian, gptq = held_hessians.get(first), config.rounding == "gptq"
         rescale = scales[:, None] * scales[None, :]
-        qw = _round_stacked(layer, names, None if hessian is None else hessian / rescale, config,
-                            None if held is None else held / rescale)
-        if config.rounding == "rtn" and config.refit_scales:  # least-squares scales for RTN's codes
-            scaled = torch.cat([layer.get_submodule(n).weight.data for n in names]).float()
+        qw = _round_stacked(layer, names, stats[first][1] / rescale if gptq else None, config,
+                            held_hessian / rescale if gptq and held_hessian is not None else None)
+        scaled = torch.cat([layer.get_submodule(n).weight.data for n in names]).float()  # (out, in), folded
+        if not gptq and config.refit_scales:  # least-squares scales for RTN's codes
             refit = alg.refit_scales(scaled, qw, stats[first][1] / rescale)
-            held = held_hessians.get(first)
-            qw, _ = _held_out_better(scaled, qw, refit, None if held is None else held / rescale)
-        if first in held_hessians:
-            current = torch.cat([layer.get_submodule(n).weight.data for n in names]).float() / scales
+            qw, _ = _held_out_better(scaled, qw, refit, None if held_hessian is None else held_hessian / rescale)
+        if held_hessian is not None:
+            current = scaled / scales
             rtn = alg.rtn_quantize(current, config.bits, config.group_size, config.sym, config.clip)
             kept, choices[group.name] = sg.pick(current, {"awq": qw.dequantize() / scales,
-                                                          "rtn": rtn.dequantize()}, held_hessians[first])
+                                                          "rtn": rtn.dequantize()}, held_hessian)
             if kept == "rtn":
                 fold_scales(group, 1 / scales)
                 qw = rtn
