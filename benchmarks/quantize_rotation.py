@@ -2,7 +2,7 @@
 
 Run:  nice python benchmarks/quantize_rotation.py [--windows 4] [--seq-len 1024] [--methods ...]
       (methods: fp32 and any quantize method, e.g. rtn,gptq,awq,rotate+gptq; awq+gptq: AWQ with
-      GPTQ rounding; awq+refit: AWQ with its scale refit)
+      GPTQ rounding; awq-norefit: AWQ without its scale refit)
       (--smoke: the tiny random model, 8 calibration windows of 64 tokens, 1 window per domain)
 Every method runs with its config defaults (calibration: the `mix`, 128 x 512 tokens plus 16 held-out
 windows for the safeguard), on the embedded SmolLM2-135M-Instruct in fp32, one after another in this
@@ -26,7 +26,7 @@ from pathlib import Path
 
 METHODS = ("fp32", "rtn", "gptq", "rotate+gptq")
 # a method name in VARIANTS -> (method, config fields)
-VARIANTS = {"awq+gptq": ("awq", {"rounding": "gptq"}), "awq+refit": ("awq", {"refit_scales": True})}
+VARIANTS = {"awq+gptq": ("awq", {"rounding": "gptq"}), "awq-norefit": ("awq", {"refit_scales": False})}
 
 
 def domain_texts(data_dir: Path) -> dict[str, str]:

@@ -6,7 +6,6 @@ from dataclasses import replace
 
 import pytest
 
-from lmopt.hardware import cpu_flags
 from lmopt.select.calibrate import MatvecProbe, fit_overhead, load_calibration, probe_layers, probe_model
 from lmopt.select.hardware_table import Target
 from lmopt.select.model_shape import model_shape
@@ -62,10 +61,6 @@ def test_a_custom_target_is_never_measured(tiny):
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(not {"avx512_bf16", "amx_bf16"} & cpu_flags(),
-                    reason="known gap: without native bf16 (AVX2-only CPUs) the plan's compute bound uses a timed "
-                           "bf16 GEMM (emulated, far slower than the bf16 GEMV a decode runs), so the bf16 "
-                           "estimate is far too low (-79% on an AVX2 EPYC); BENCHMARKS.md, fourteenth session")
 def test_plan_within_30_percent_of_measured_bf16_decode_of_the_embedded_model():
     """The goal of issue 15: the calibrated estimate for this CPU within 30% of the measured bf16 decode
     rate of the embedded model. The calibration never runs the model (tiny models + matrix timings), so

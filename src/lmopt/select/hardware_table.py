@@ -144,17 +144,21 @@ def with_price(target: Target, price_per_hour: float | None) -> Target:
 
 
 def _matmul_tflops(dtype_name: str, size: int = 768, repeats: int = 3) -> float:
-    """Best-of-`repeats` throughput of a (size x size) @ (size x size) matmul, in TFLOPS."""
+    """Best-of-`repeats` throughput of `linear(x, w)` with x and w both (size x size), in TFLOPS.
+
+    Timed in the layout every nn.Linear runs (x @ w.T, w stored (out, in)): the kernel behind a plain
+    `a @ b` can differ. On an AVX2 CPU without native bf16 a bf16 `a @ b` ran at 1.1 GFLOPS, `linear` at
+    20 GFLOPS, so the plain product made the planner's bf16 compute bound 18x too low."""
     import torch  # lazy: lmopt.select is imported by the CLI at start-up; torch takes ~1 s
 
     dtype = getattr(torch, dtype_name)
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
-    a @ b  # warm-up: kernel selection, page faults
+    x = torch.randn(size, size).to(dtype)
+    w = torch.randn(size, size).to(dtype)
+    torch.nn.functional.linear(x, w)  # warm-up: kernel selection, page faults
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        a @ b
+        torch.nn.functional.linear(x, w)
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best / 1e12
 
