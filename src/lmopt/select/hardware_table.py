@@ -143,7 +143,7 @@ def with_price(target: Target, price_per_hour: float | None) -> Target:
                                                          price_source="given by the user")
 
 
-def _matmul_tflops(dtype_name: str, size: int = 768, repeats: int = 3) -> float:
+def _matmul_tflops(dtype_name: str, size: int = 768, repeats: int = 5) -> float:
     """Best-of-`repeats` throughput of `linear(x, w)` with x and w both (size x size), in TFLOPS.
 
     Timed in the layout every nn.Linear runs (x @ w.T, w stored (out, in)): the kernel behind a plain
