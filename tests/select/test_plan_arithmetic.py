@@ -111,6 +111,22 @@ def test_prefill_roofline_by_hand():
     assert prefill_tokens_per_s(s, make_format("fp32"), target, context) < expected
 
 
+def test_low_bit_formats_compute_on_the_faster_dense_unit():
+    """A CPU that emulates bf16 (measured here: fp32 9x faster) runs int4 and int8-without-an-int8-unit
+    prompt chunks on fp32 copies (lmopt's autotuned kernels), so their compute bound is fp32's; where
+    bf16 is the faster unit (the GPU above) it stays bf16's."""
+    s = shape(matrices=((1000, 1000),), vector_params=0)
+    emulated = Target("avx2", "cpu", 24, 30.0, 0.02, None, 0.18, None, "test", "test")
+    context, flops_per_token = 512, 2 * 1e6 + 4 * 64 * (512 * 513 // 2) / 512
+    for fmt in ("int4", "int8"):
+        tok_s = prefill_tokens_per_s(s, make_format(fmt), emulated, context)
+        assert tok_s == pytest.approx(0.18e12 / flops_per_token)  # compute-bound at the fp32 peak
+        assert tok_s == pytest.approx(prefill_tokens_per_s(s, make_format("fp32"), emulated, context))
+    assert prefill_tokens_per_s(s, make_format("bf16"), emulated, context) == pytest.approx(0.02e12 / flops_per_token)
+    fast_bf16 = gpu(bf16=10.0)  # fp32 at bf16 / 4
+    assert fast_bf16.compute_tflops("dense") == 10.0 and fast_bf16.compute_tflops("int8") == 20.0
+
+
 def test_cost_per_million_tokens():
     assert cost_per_million(3.6, 1000.0) == pytest.approx(1.0)  # $3.6/h = $0.001/s; 1e6 tokens take 1000 s
     assert cost_per_million(None, 1000.0) is None

@@ -57,11 +57,18 @@ class Target:
         return asdict(self)
 
     def compute_tflops(self, compute: str) -> float:
-        """Peak of the unit a dtype's matmuls run on: "bf16", "int8" or "fp32"."""
+        """Peak of the unit a format's matmuls run on: "bf16", "fp32", "int8", or "dense" (the faster of
+        bf16 and fp32). Low-bit weights run where dense matmuls are fastest: weight-only int4 de-quantizes
+        into the faster dense unit, and int8 without an int8 unit does too. That is bf16 on GPUs and on
+        CPUs with AMX or AVX512-BF16; fp32 on CPUs that emulate bf16, where lmopt's autotuned kernels run
+        prompt chunks on fp32 copies."""
+        fp32 = self.fp32_tflops or self.bf16_tflops / 2
         if compute == "int8":
-            return self.int8_tops or self.bf16_tflops
+            return self.int8_tops or max(self.bf16_tflops, fp32)
         if compute == "fp32":
-            return self.fp32_tflops or self.bf16_tflops / 2
+            return fp32
+        if compute == "dense":
+            return max(self.bf16_tflops, fp32)
         return self.bf16_tflops
 
 

@@ -41,7 +41,7 @@ class Format:
     kv_bytes: float
     activation_bytes: float
     compute: str
-    """Peak used for the matmuls: "fp32", "bf16" or "int8" (see `Target.compute_tflops`)."""
+    """Peak used for the matmuls: "fp32", "bf16", "int8" or "dense" (see `Target.compute_tflops`)."""
 
     def matrix_bytes(self, rows: int, cols: int) -> float:
         n = rows * cols
@@ -53,7 +53,8 @@ class Format:
 
 
 def make_format(name: str, group_size: int = 128) -> Format:
-    """fp32, bf16 (fp16 alike), int8 (W8A8, per-channel scales) or int4 (weight-only, bf16 compute)."""
+    """fp32, bf16 (fp16 alike), int8 (W8A8, per-channel scales) or int4 (weight-only, computed on the
+    faster dense unit)."""
     if name == "fp32":
         return Format("fp32", 32, None, 4, 4, 4, "fp32")
     if name in ("bf16", "fp16"):
@@ -61,7 +62,7 @@ def make_format(name: str, group_size: int = 128) -> Format:
     if name == "int8":
         return Format("int8", 8, None, 2, 2, 2, "int8")
     if name == "int4":
-        return Format("int4", 4, group_size, 2, 2, 2, "bf16")
+        return Format("int4", 4, group_size, 2, 2, 2, "dense")
     raise LmoptError(f"unknown format '{name}' (choose fp32, bf16, int8, int4)")
 
 
