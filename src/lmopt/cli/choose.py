@@ -45,20 +45,31 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+PLAN_FIGURES = {
+    "total_gb": "memory GB (weights + KV + activations)", "usable_gb": "usable memory GB", "fits": "fits",
+    "prefill_tok_s": "prefill tok/s (roofline)", "decode_tok_s": "decode tok/s (roofline)",
+    "decode_tok_s_calibrated": "decode tok/s (calibrated here)", "measured_decode_tok_s": "measured decode tok/s",
+    "estimate_at_measured": "estimate at the measurement", "error_pct": "estimate error %",
+    "roofline_error_pct": "roofline error %", "cost_per_m_input": "USD / M input tokens",
+    "cost_per_m_output": "USD / M output tokens",
+}
+"""PlanRow field -> row label of the table (a figure no format has is left out)."""
+
+
 def plan_table(result: Any) -> Table:
+    """One column per format and one row per figure: four formats fit an 80-column terminal, where a
+    column per figure (up to 12) did not."""
     target = result.target
     table = Table(title=f"{result.model['name']} on {target['name']} (context {result.context}, batch "
                         f"{result.batch}; {target['bandwidth_gbs']} GB/s, {target['bf16_tflops']} bf16 TFLOPS, "
                         f"{target['memory_gb']} GB)")
-    columns = ["format", "total_gb", "usable_gb", "fits", "prefill_tok_s", "decode_tok_s", "decode_tok_s_calibrated",
-               "measured_decode_tok_s", "estimate_at_measured", "error_pct", "roofline_error_pct",
-               "cost_per_m_input", "cost_per_m_output"]
     rows = [r.__dict__ for r in result.rows]
-    shown = [c for c in columns if any(row.get(c) is not None for row in rows)]
-    for column in shown:
-        table.add_column(column.replace("_", " "))
+    table.add_column("")
     for row in rows:
-        table.add_row(*[_fmt(row.get(c)) for c in shown])
+        table.add_column(row["format"], justify="right")
+    for field, label in PLAN_FIGURES.items():
+        if any(row.get(field) is not None for row in rows):
+            table.add_row(label, *[_fmt(row.get(field)) for row in rows])
     return table
 
 
