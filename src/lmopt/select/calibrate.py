@@ -12,9 +12,11 @@ with every term measured without running the planned model:
    own matrices is overhead, which gives `fixed_s` and `per_layer_s` (a tiny llama stands in when
    the model's config is unknown);
 2. the planned model's weight matrices (their real shapes, random values) multiplied by one vector each,
-   in fp32 and in bf16: bytes / time over the copy bandwidth is `efficiency[dtype]` (int8 and int4 take
-   bf16's: there is no faster CPU kernel for them in PyTorch to time).
-So the measured decode of the model itself (fp32 and bf16, `measure_decode`) is a check out of sample.
+   in fp32 and bf16 (nn.Linear's kernels) and as lmopt's int8 and int4 `QuantLinear` layers (random
+   codes, the kernels the autotuner picks, bf16 vectors): bytes / time over the copy bandwidth is
+   `efficiency[format]`.
+So the measured decode of the model itself (`measure_decode`; int8 and int4 with random codes in every
+Linear, which runs at the speed of real ones) is a check out of sample.
 Every figure is the median over rounds that each run every probe once (`interleaved`): on a shared
 machine the load drifts, and interleaving lets the drift weigh on calibration and check alike.
 """
@@ -101,22 +103,51 @@ def fit_overhead(step_s: dict[int, float]) -> tuple[float, float]:
     return max(0.0, t1 - per_layer * l1), per_layer
 
 
+BYTES_PER_WEIGHT = {"float32": 4, "bfloat16": 2, "int8": 1, "int4": 0.5}
+FORMAT_KINDS = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8", "int4": "int4"}
+"""Plan format -> what `MatvecProbe` times for it."""
+
+
+def random_quant_linear(rows: int, cols: int, bits: int, group_size: int | None, bias: Any = None) -> Any:
+    """An lmopt `QuantLinear` (rows x cols) of random codes, prepared as `quantize` leaves it for serving
+    (backend `auto`: the autotuner picks the kernel per row count). Speed does not depend on the values,
+    and random codes skip the minutes RTN takes on a 135M model."""
+    import torch  # lazy: see torch_threads
+
+    from lmopt.compress.quantize.algorithms import effective_group  # lazy: the kernels load on first use
+    from lmopt.compress.quantize.runtime import QuantLinear
+
+    group = effective_group(cols, group_size)  # None: one scale per output row
+    groups = -(-cols // group)  # a short last group counts
+    layer = QuantLinear.from_codes(torch.randint(0, 2**bits, (rows, cols)), torch.rand(rows, groups) * 1e-2 + 1e-3,
+                                   torch.full((rows, groups), 2 ** (bits - 1)), bits, group, bias)
+    layer.prepare("auto")
+    return layer
+
+
 class MatvecProbe:
-    """Times one vector multiplied by each matrix of a model (real shapes, random values) in one dtype.
+    """Times one vector multiplied by each matrix of a model (real shapes, random values) in one format:
+    a dense weight (`float32`, `bfloat16`: nn.Linear's kernel) or lmopt's `QuantLinear` (`int8` with one
+    scale per row, `int4` in groups of `group_size`; bf16 vectors, the kernels the autotuner picks).
     Only the first `max_bytes` of matrices are allocated for large models; the time is scaled up."""
 
-    def __init__(self, matrices: tuple[tuple[int, int], ...], dtype_name: str, max_bytes: float = 600e6):
+    def __init__(self, matrices: tuple[tuple[int, int], ...], kind: str, max_bytes: float = 600e6,
+                 group_size: int = 128):
         import torch  # lazy: see torch_threads
 
-        dtype = getattr(torch, dtype_name)
-        size = torch.finfo(dtype).bits // 8
+        size = BYTES_PER_WEIGHT[kind]
         chosen, total = [], 0
         for rows, cols in matrices:
             if chosen and total + rows * cols * size > max_bytes:
                 break
             chosen.append((rows, cols))
             total += rows * cols * size
-        self.weights = [torch.randn(r, c, dtype=dtype) for r, c in chosen]
+        dtype = getattr(torch, kind) if kind in ("float32", "bfloat16") else torch.bfloat16
+        if kind in ("float32", "bfloat16"):
+            self.weights = [torch.randn(r, c, dtype=dtype) for r, c in chosen]
+        else:
+            bits, group = (8, None) if kind == "int8" else (4, group_size)
+            self.weights = [random_quant_linear(r, c, bits, group) for r, c in chosen]
         self.vectors = {c: torch.randn(1, c, dtype=dtype) for _, c in chosen}
         self.scale = sum(r * c for r, c in matrices) * size / total
         self.one_pass()  # warm-up: page faults, kernel selection
@@ -124,10 +155,14 @@ class MatvecProbe:
     def one_pass(self) -> float:
         import torch  # lazy: see torch_threads
 
+        linear = torch.nn.functional.linear
         start = time.perf_counter()
         with torch.inference_mode():
             for w in self.weights:
-                torch.nn.functional.linear(self.vectors[w.shape[1]], w)
+                if isinstance(w, torch.Tensor):
+                    linear(self.vectors[w.shape[1]], w)
+                else:
+                    w(self.vectors[w.in_features])
         return (time.perf_counter() - start) * self.scale
 
     def __call__(self, passes: int = 3) -> float:
@@ -162,18 +197,18 @@ def probe_model(config: Any | None, layers: int) -> LoadedModel:
     return LoadedModel(model, tokenizer, f"probe-{layers}-layers")
 
 
-def calibration_probes(shape: ModelShape, threads: int, new_tokens: int = 32,
-                       config: Any | None = None) -> dict[str, Callable[[], float]]:
+def calibration_probes(shape: ModelShape, threads: int, new_tokens: int = 32, config: Any | None = None,
+                       group_size: int = 128) -> dict[str, Callable[[], float]]:
     """The measurements a calibration needs, each a call returning one figure: decode tokens/s and fp32
     matrix time of a shallow and a deeper version of the model (`probe_model`), and the model's matrices timed
-    in fp32 and bf16."""
+    in fp32, bf16, int8 and int4 (groups of `group_size`)."""
     probes: dict[str, Callable[[], float]] = {}
     for layers in probe_layers(shape):
         model = probe_model(config, layers)
         probes[f"probe_{layers}_layers_tok_s"] = functools.partial(measure_decode, model, threads, new_tokens, 1)
         probes[f"probe_{layers}_layers_matvec_s"] = MatvecProbe(shape_of_model(model.model).matrices, "float32")
-    for fmt, dtype in (("fp32", "float32"), ("bf16", "bfloat16")):
-        probes[f"matvec_{fmt}_s"] = MatvecProbe(shape.matrices, dtype)
+    for fmt, kind in FORMAT_KINDS.items():
+        probes[f"matvec_{fmt}_s"] = MatvecProbe(shape.matrices, kind, group_size=group_size)
     return probes
 
 
@@ -189,7 +224,7 @@ def interleaved(probes: dict[str, Callable[[], float]], rounds: int, threads: in
 
 
 def calibration_from(measurements: dict[str, float], shape: ModelShape, target: Target,
-                     threads: int) -> Calibration:
+                     threads: int, group_size: int = 128) -> Calibration:
     """The calibration the probes' figures give (see the module docstring)."""
     # a probe's step minus its own matrix time is overhead (both with the probe's weights as warm in
     # cache as they are during its decode)
@@ -197,8 +232,11 @@ def calibration_from(measurements: dict[str, float], shape: ModelShape, target: 
                                      - measurements[f"probe_{layers}_layers_matvec_s"]
                                      for layers in probe_layers(shape)})
     efficiency = {}
-    for fmt in ("fp32", "bf16"):
-        ideal = sum(make_format(fmt).matrix_bytes(r, c) for r, c in shape.matrices) / (target.bandwidth_gbs * 1e9)
+    for fmt in FORMAT_KINDS:
+        if f"matvec_{fmt}_s" not in measurements:
+            continue  # (an older calibration's figures: int8 and int4 then take bf16's, `efficiency_of`)
+        fmt_bytes = make_format(fmt, group_size).matrix_bytes
+        ideal = sum(fmt_bytes(r, c) for r, c in shape.matrices) / (target.bandwidth_gbs * 1e9)
         efficiency[fmt] = round(min(1.0, ideal / measurements[f"matvec_{fmt}_s"]), 4)
     kept = {k: round(v, 6) for k, v in measurements.items() if k.startswith(("probe_", "matvec_"))}
     return Calibration(threads, fixed, per_layer, efficiency, shape.name, kept)

@@ -8,8 +8,9 @@ inference), with the fastest fitting format named beside it.
 
 On this machine (`hardware="this"`) the plan also measures: it calibrates the per-step overhead and the
 achieved bandwidth (`calibrate.py`: from 1- and up-to-9-layer random versions of the model and timed
-matrix-vector products, never the model's own decode) and measures batch-1 decode in
-bf16, so the calibrated estimate, the pure roofline and the measurement stand side by side.
+matrix-vector products, never the model's own decode) and measures the model's batch-1 decode in each
+planned format (int8 and int4 as lmopt's `QuantLinear` layers of random codes), so the calibrated
+estimate, the pure roofline and the measurement stand side by side.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from lmopt.select.calibrate import (
     load_calibration,
     measure_decode,
     measured_context,
+    random_quant_linear,
     store_calibration,
 )
 from lmopt.select.hardware_table import THIS_MACHINE, Target, get_target, with_price
@@ -47,7 +49,7 @@ from lmopt.select.roofline import (
 
 FormatName = Literal["fp32", "bf16", "int8", "int4"]
 PREFERENCE = ("bf16", "int8", "int4", "fp32")
-MEASURABLE = {"fp32": "float32", "bf16": "bfloat16"}
+MEASURABLE = ("fp32", "bf16", "int8", "int4")
 
 
 class PlanConfig(Config):
@@ -70,7 +72,7 @@ class PlanConfig(Config):
     threads: int | None = Field(default=None, ge=1)
     """Torch threads for the measurements on this machine (default: lmopt's, the physical cores)."""
     measure: bool = True
-    """On `this` hardware: calibrate and measure batch-1 decode (fp32 and bf16; about a minute)."""
+    """On `this` hardware: calibrate and measure batch-1 decode in each planned format (a minute or two)."""
     new_tokens: int = Field(default=32, ge=4)
     """Tokens generated per measured decode run."""
     rounds: int = Field(default=5, ge=1)
@@ -147,8 +149,8 @@ def _round(value: float | None) -> float | None:
 
 
 def _compare(row: PlanRow, shape: ModelShape, target: Target, calibration: Calibration, measured: float,
-             context: int) -> None:
-    fmt = make_format(row.format)
+             context: int, group_size: int) -> None:
+    fmt = make_format(row.format, group_size)
     estimate = decode_tokens_per_s(shape, fmt, target, context, 1, overhead_s=calibration.overhead_s(shape.layers),
                                    bandwidth_efficiency=calibration.efficiency_of(row.format))
     roof = decode_tokens_per_s(shape, fmt, target, context, 1)
@@ -162,28 +164,39 @@ def _measure_here(model: str | LoadedModel | Any, shape: ModelShape, target: Tar
                   threads: int, rows: list[PlanRow]) -> tuple[Calibration, int]:
     """Calibrate from the probes (shallow and deeper random models, matrix timings) and measure the model
     itself in fp32 and bf16 (the check), interleaved round by round so a drifting load weighs on both."""
-    probes = calibration_probes(shape, threads, cfg.new_tokens, model_config(model))
+    probes = calibration_probes(shape, threads, cfg.new_tokens, model_config(model), cfg.group_size)
     measured = [r.format for r in rows if r.format in MEASURABLE]
     for fmt in measured:
-        loaded = _loaded_as(model, MEASURABLE[fmt])
+        loaded = _loaded_as(model, fmt, cfg.group_size)
         probes[f"model_{fmt}_tok_s"] = functools.partial(measure_decode, loaded, threads, cfg.new_tokens, 1)
     figures = interleaved(probes, cfg.rounds, threads)
-    calibration = calibration_from(figures, shape, target, threads)
+    calibration = calibration_from(figures, shape, target, threads, cfg.group_size)
     store_calibration(calibration)
     context = measured_context(cfg.new_tokens)
     for row in rows:
         if row.format in measured:
-            _compare(row, shape, target, calibration, figures[f"model_{row.format}_tok_s"], context)
+            _compare(row, shape, target, calibration, figures[f"model_{row.format}_tok_s"], context, cfg.group_size)
     return calibration, context
 
 
-def _loaded_as(model: str | LoadedModel | Any, dtype: str) -> LoadedModel:
-    """The model in `dtype`: loaded from its reference, or a cast copy of an in-memory model."""
-    if not isinstance(model, LoadedModel):
-        return load_model(model, dtype=dtype)
+def _loaded_as(model: str | LoadedModel | Any, fmt: str, group_size: int) -> LoadedModel:
+    """The model in `fmt`: fp32 or bf16 weights (loaded from its reference, or a cast copy of an in-memory
+    model); int8/int4: bf16 with every Linear an lmopt `QuantLinear` of random codes (the speed of a
+    quantized model without the minutes quantizing takes)."""
     import torch  # lazy: lmopt.select is imported by the CLI at start-up; torch takes ~1 s
 
-    return LoadedModel(copy.deepcopy(model.model).to(getattr(torch, dtype)), model.tokenizer, model.ref)
+    dtype = "float32" if fmt == "fp32" else "bfloat16"
+    if isinstance(model, LoadedModel):
+        loaded = LoadedModel(copy.deepcopy(model.model).to(getattr(torch, dtype)), model.tokenizer, model.ref)
+    else:
+        loaded = load_model(model, dtype=dtype)
+    if fmt in ("int8", "int4"):
+        bits, group = (8, None) if fmt == "int8" else (4, group_size)
+        for name, linear in [(n, m) for n, m in loaded.model.named_modules() if isinstance(m, torch.nn.Linear)]:
+            parent, _, child = name.rpartition(".")
+            quant = random_quant_linear(linear.out_features, linear.in_features, bits, group, linear.bias)
+            setattr(loaded.model.get_submodule(parent) if parent else loaded.model, child, quant)
+    return loaded
 
 
 def plan(model: str | LoadedModel | ModelShape | Any, hardware: str | Target | None = None,
