@@ -163,7 +163,7 @@ def _compare(row: PlanRow, shape: ModelShape, target: Target, calibration: Calib
 def _measure_here(model: str | LoadedModel | Any, shape: ModelShape, target: Target, cfg: PlanConfig,
                   threads: int, rows: list[PlanRow]) -> tuple[Calibration, int]:
     """Calibrate from the probes (shallow and deeper random models, matrix timings) and measure the model
-    itself in fp32 and bf16 (the check), interleaved round by round so a drifting load weighs on both."""
+    itself in each planned format (the check), interleaved round by round so a drifting load weighs on both."""
     probes = calibration_probes(shape, threads, cfg.new_tokens, model_config(model), cfg.group_size)
     measured = [r.format for r in rows if r.format in MEASURABLE]
     for fmt in measured:
