@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -74,6 +75,15 @@ def test_fit_and_no_fit_by_hand():
     assert tight.recommended == "int4" and not tight.row("int8").fits
     none = plan(big, gpu(memory_gb=1.1), context=1000, config=PlanConfig(measure=False))
     assert none.recommended is None and "no format fits" in none.notes[-1]
+
+
+def test_a_cpu_that_emulates_bf16_is_recommended_fp32():
+    """bf16 slower than fp32 (no native bf16): fp32 is the first choice where it fits, bf16 the next."""
+    emulated = Target("avx2", "cpu", 24, 30.0, 0.02, None, 0.18, None, "test", "test")
+    assert plan(shape(), emulated, context=128, config=PlanConfig(measure=False)).recommended == "fp32"
+    big = shape(matrices=((10_000, 30_000),))  # 1.2 GB in fp32, 0.6 GB in bf16
+    small = replace(emulated, memory_gb=3.0)  # 2 GB reserved on a CPU host: 1 GB usable
+    assert plan(big, small, context=1000, config=PlanConfig(measure=False)).recommended == "bf16"
 
 
 def test_apple_unified_memory_share():

@@ -4,7 +4,9 @@ For each format (fp32, bf16, int8, int4) on the target: weights + KV cache + act
 usable memory, roofline prefill and decode tokens/s (`roofline.py`), cost per million input and output
 tokens at the target's hourly price, and the recommended format: the most precise of bf16 / int8 / int4
 that fits (fp32 only when nothing smaller is asked for; it doubles memory for no quality gain in
-inference), with the fastest fitting format named beside it.
+inference), with the fastest fitting format named beside it. On a target whose fp32 peak is above its
+bf16 peak (a CPU that emulates bf16), fp32 comes first: bf16 is then slower at every prompt and less
+precise, and it is why lmopt itself runs fp32 there (`lmopt.hardware.detect_hardware`).
 
 On this machine (`hardware="this"`) the plan also measures: it calibrates the per-step overhead and the
 achieved bandwidth (`calibrate.py`: from 1- and up-to-9-layer random versions of the model and timed
@@ -49,6 +51,7 @@ from lmopt.select.roofline import (
 
 FormatName = Literal["fp32", "bf16", "int8", "int4"]
 PREFERENCE = ("bf16", "int8", "int4", "fp32")
+PREFERENCE_WITHOUT_FAST_BF16 = ("fp32", "bf16", "int8", "int4")
 MEASURABLE = ("fp32", "bf16", "int8", "int4")
 
 
@@ -230,7 +233,8 @@ def plan(model: str | LoadedModel | ModelShape | Any, hardware: str | Target | N
                      f"bandwidth ({calibration.reference}'s matrices x one vector); the model's own decode is not "
                      "used for the calibration")
     fitting = [r for r in rows if r.fits]
-    ranked = sorted(fitting, key=lambda r: PREFERENCE.index(r.format))
+    order = PREFERENCE_WITHOUT_FAST_BF16 if target.compute_tflops("fp32") > target.bf16_tflops else PREFERENCE
+    ranked = sorted(fitting, key=lambda r: order.index(r.format))
     recommended = ranked[0].format if ranked else None
     fastest = max(fitting, key=lambda r: r.decode_tok_s_calibrated or r.decode_tok_s).format if fitting else None
     if not fitting:
