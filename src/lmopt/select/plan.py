@@ -5,8 +5,10 @@ usable memory, roofline prefill and decode tokens/s (`roofline.py`), cost per mi
 tokens at the target's hourly price, and the recommended format: the most precise of bf16 / int8 / int4
 that fits (fp32 only when nothing smaller is asked for; it doubles memory for no quality gain in
 inference), with the fastest fitting format named beside it. On a target whose fp32 peak is above its
-bf16 peak (a CPU that emulates bf16), fp32 comes first: bf16 is then slower at every prompt and less
-precise, and it is why lmopt itself runs fp32 there (`lmopt.hardware.detect_hardware`).
+bf16 peak (a CPU that emulates bf16), fp32 comes first. There bf16 is less precise, and it processes
+prompts several times slower (9x on an AVX2 EPYC), though its batch-1 decode can be faster (1.7x
+there). That is why lmopt itself runs fp32 on such CPUs (`lmopt.hardware.detect_hardware`); `fastest`
+still names the quickest decode.
 
 On this machine (`hardware="this"`) the plan also measures: it calibrates the per-step overhead and the
 achieved bandwidth (`calibrate.py`: from 1- and up-to-9-layer random versions of the model and timed
