@@ -24,6 +24,13 @@ def test_matvec_timing_scales_to_all_matrices():
     assert len(whole.weights) == 4 and whole.scale == 1
     assert len(capped.weights) == 2 and capped.scale == 2  # times 2 of the 4 matrices and doubles it
     assert whole(passes=1) > 0 and capped() > 0
+    # int4 at half a byte per weight: the cap keeps 1 of 2 matrices; a short last group (576 = 4 x 128 + 64)
+    int4 = MatvecProbe(((64, 576),) * 2, "int4", max_bytes=64 * 576 * 0.5, group_size=128)
+    layer = int4.weights[0]
+    assert len(int4.weights) == 1 and int4.scale == 2 and (layer.bits, layer.group_size) == (4, 128)
+    assert (layer.out_features, layer.in_features, layer.scales.shape[1]) == (64, 576, 5)
+    int8 = MatvecProbe(((64, 576),), "int8")
+    assert (int8.weights[0].bits, int8.weights[0].group_size) == (8, 576) and int8() > 0  # one scale per row
 
 
 def test_probe_models_are_as_wide_as_the_model(tiny):
