@@ -61,11 +61,16 @@ def models_table() -> Any:
 
 
 def hardware_table(info: dict[str, Any]) -> Any:
+    """Fields as measured: a float keeps its own digits (23.5 GB, not 23.5000)."""
     table = _table("hardware", ["field", "value"])
     for key, value in info.items():
         if isinstance(value, dict):
             for sub, v in value.items():
-                table.add_row(f"{key}.{sub}", _fmt(v))
+                table.add_row(f"{key}.{sub}", _hardware_value(v))
         else:
-            table.add_row(key, ", ".join(map(str, value)) if isinstance(value, list) else _fmt(value))
+            table.add_row(key, ", ".join(map(str, value)) if isinstance(value, list) else _hardware_value(value))
     return table
+
+
+def _hardware_value(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -54,6 +54,8 @@ def test_hw_reports_bandwidth(tmp_path):
     assert {key: info[key] for key in facts} == facts
     assert info["bandwidth_gbs"] > 0  # a measurement: no reference value on a shared machine
     assert info["native_kernels"] == native_status()  # whether lmopt's C kernels run here, and why not
+    shown = " ".join(res.stdout.split())
+    assert f"memory_gb │ {info['memory_gb']:g} │" in shown  # as measured: 23.5, not 23.5000
 
 
 def test_the_cli_starts_without_torch():
