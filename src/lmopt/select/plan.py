@@ -196,11 +196,12 @@ def _loaded_as(model: str | LoadedModel | Any, fmt: str, group_size: int) -> Loa
     else:
         loaded = load_model(model, dtype=dtype)
     if fmt in ("int8", "int4"):
+        from lmopt.compress.quantize.apply import set_module  # lazy: the quantize package imports its kernels
+
         bits, group = (8, None) if fmt == "int8" else (4, group_size)
         for name, linear in [(n, m) for n, m in loaded.model.named_modules() if isinstance(m, torch.nn.Linear)]:
-            parent, _, child = name.rpartition(".")
             quant = random_quant_linear(linear.out_features, linear.in_features, bits, group, linear.bias)
-            setattr(loaded.model.get_submodule(parent) if parent else loaded.model, child, quant)
+            set_module(loaded.model, name, quant)
     return loaded
 
 

@@ -33,7 +33,8 @@ def to_quant_linear(linear: torch.nn.Linear, qw: alg.QuantizedWeight, act_quant:
     return QuantLinear.from_codes(qw.q, qw.scale, qw.zero, qw.bits, qw.group_size, linear.bias, act_quant)
 
 
-def _set_module(root: Any, name: str, module: Any) -> None:
+def set_module(root: Any, name: str, module: Any) -> None:
+    """Put `module` at the dotted path `name` under `root` (e.g. a QuantLinear in place of a Linear)."""
     parent, _, child = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, child, module)
 
@@ -41,7 +42,7 @@ def _set_module(root: Any, name: str, module: Any) -> None:
 def _quantize_layer_rtn(layer: Any, config: WeightQuantConfig, act_quant: bool = False) -> None:
     for name, linear in linear_modules(layer, config.skip).items():
         qw = alg.rtn_quantize(linear.weight.data, config.bits, config.group_size, config.sym, config.clip)
-        _set_module(layer, name, to_quant_linear(linear, qw, act_quant))
+        set_module(layer, name, to_quant_linear(linear, qw, act_quant))
 
 
 def _shared_hessians(layer: Any, inputs: LayerInputs, config: WeightQuantConfig) -> tuple[dict, dict]:
@@ -133,7 +134,7 @@ def _swap_stacked(layer: Any, names: list[str], qw: alg.QuantizedWeight) -> None
         rows = slice(start, start + linear.out_features)
         start += linear.out_features
         part = alg.QuantizedWeight(qw.q[rows], qw.scale[rows], qw.zero[rows], qw.bits, qw.group_size)
-        _set_module(layer, name, to_quant_linear(linear, part))
+        set_module(layer, name, to_quant_linear(linear, part))
 
 
 def _input_stats(layer: Any, inputs: LayerInputs, names: list[str]) -> dict[str, tuple]:
@@ -304,7 +305,7 @@ def _quantize_lm_head(model: Any, config: WeightQuantConfig, final: LayerInputs 
             kept, _ = sg.pick(head.weight.data, {"gptq": gptq.dequantize(), "rtn": qw.dequantize()}, held_hessian)
         qw, how = (gptq, f"gptq int{bits}") if kept == "gptq" else (qw, f"rtn int{bits} (safeguard: gptq worse)")
     quant = to_quant_linear(head, qw)
-    _set_module(model, next(n for n, m in model.named_modules() if m is head), quant)
+    set_module(model, next(n for n, m in model.named_modules() if m is head), quant)
     if tied:  # the input embedding stays the same tensor as what the lm_head computes with
         embed.weight = torch.nn.Parameter(quant.dequantize(embed.weight.dtype), requires_grad=False)
         model.config.tie_word_embeddings = False

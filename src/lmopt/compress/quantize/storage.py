@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from lmopt.compress.quantize.apply import _set_module, prepare_runtime, quant_layers
+from lmopt.compress.quantize.apply import prepare_runtime, quant_layers, set_module
 from lmopt.compress.quantize.runtime import QuantLinear
 from lmopt.errors import LmoptError
 from lmopt.models.card import ModelCard
@@ -75,7 +75,7 @@ def load_quantized(directory: str | Path, card: ModelCard, dtype: Any, backend: 
     config = AutoConfig.from_pretrained(directory)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     for name, spec in card.format_info.get("modules", {}).items():
-        _set_module(model, name, QuantLinear(spec["in_features"], spec["out_features"], spec["bits"],
+        set_module(model, name, QuantLinear(spec["in_features"], spec["out_features"], spec["bits"],
                                              spec["group_size"], spec["bias"], spec.get("act_quant", False)))
     tensors = load_file(str(directory / WEIGHTS))
     missing, unexpected = model.load_state_dict(tensors, strict=False)
@@ -116,7 +116,7 @@ def dequantized_copy(model: Any) -> Any:
         linear.weight.data.copy_(layer.dequantize(dtype))
         if layer.bias is not None:
             linear.bias.data.copy_(layer.bias.data)
-        _set_module(model, name, linear)
+        set_module(model, name, linear)
     if tied:  # re-tie: the embedding already equals the de-quantized lm_head
         model.get_output_embeddings().weight = model.get_input_embeddings().weight
         model.config.tie_word_embeddings = True
