@@ -142,10 +142,11 @@ class MatvecProbe:
                 break
             chosen.append((rows, cols))
             total += rows * cols * size
-        dtype = getattr(torch, kind) if kind in ("float32", "bfloat16") else torch.bfloat16
         if kind in ("float32", "bfloat16"):
+            dtype = getattr(torch, kind)
             self.weights = [torch.randn(r, c, dtype=dtype) for r, c in chosen]
         else:
+            dtype = torch.bfloat16  # the activations of lmopt's quantized models
             bits, group = (8, None) if kind == "int8" else (4, group_size)
             self.weights = [random_quant_linear(r, c, bits, group) for r, c in chosen]
         self.vectors = {c: torch.randn(1, c, dtype=dtype) for _, c in chosen}
@@ -233,8 +234,6 @@ def calibration_from(measurements: dict[str, float], shape: ModelShape, target: 
                                      for layers in probe_layers(shape)})
     efficiency = {}
     for fmt in FORMAT_KINDS:
-        if f"matvec_{fmt}_s" not in measurements:
-            continue  # (an older calibration's figures: int8 and int4 then take bf16's, `efficiency_of`)
         fmt_bytes = make_format(fmt, group_size).matrix_bytes
         ideal = sum(fmt_bytes(r, c) for r, c in shape.matrices) / (target.bandwidth_gbs * 1e9)
         efficiency[fmt] = round(min(1.0, ideal / measurements[f"matvec_{fmt}_s"]), 4)
