@@ -57,6 +57,9 @@ def test_plan_here_measures_and_calibrates_a_tiny_model(tiny):
     assert result.target["measured"] and result.calibration["threads"] == 1
     assert set(result.calibration["efficiency"]) == {"fp32", "bf16", "int8", "int4"}  # every format timed
     assert load_calibration(1) is not None  # stored for later plans without measuring
+    shape_only = plan(model_shape(tiny), "this", context=64, config=PlanConfig(threads=1, new_tokens=8, rounds=1))
+    assert shape_only.calibration is not None and shape_only.row("int4").decode_tok_s_calibrated > 0
+    assert shape_only.row("int4").measured_decode_tok_s is None  # no weights to run: calibrated, not measured
     again = plan(tiny, "this", context=64, config=PlanConfig(threads=1, measure=False))
     assert again.row("bf16").decode_tok_s_calibrated is not None and again.row("bf16").measured_decode_tok_s is None
 

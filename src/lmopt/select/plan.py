@@ -170,7 +170,8 @@ def _measure_here(model: str | LoadedModel | Any, shape: ModelShape, target: Tar
     """Calibrate from the probes (shallow and deeper random models, matrix timings) and measure the model
     itself in each planned format (the check), interleaved round by round so a drifting load weighs on both."""
     probes = calibration_probes(shape, threads, cfg.new_tokens, model_config(model), cfg.group_size)
-    measured = [r.format for r in rows if r.format in MEASURABLE]
+    # a bare ModelShape has no weights to run: it is calibrated, not measured
+    measured = [] if isinstance(model, ModelShape) else [r.format for r in rows if r.format in MEASURABLE]
     for fmt in measured:
         loaded = _loaded_as(model, fmt, cfg.group_size)
         probes[f"model_{fmt}_tok_s"] = functools.partial(measure_decode, loaded, threads, cfg.new_tokens, 1)
